@@ -1,0 +1,74 @@
+"""Command line: `probe` for one-shot checks; without a command, the exporter service."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+
+from exporter import __version__
+from exporter.model import Mode, Target, VerifyPolicy, parse_host_port
+from exporter.probe import probe
+from exporter.report import render_text, to_json
+from exporter.tls.verify import TrustStoreError, load_trust_store
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "probe":
+        return probe_command(args[1:])
+    from exporter.service.main import serve_command
+
+    return serve_command(args)
+
+
+def _probe_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="smtp-tls-exporter probe",
+        description="Probe one SMTP endpoint once and report what happened on the wire.",
+    )
+    p.add_argument("endpoint", metavar="HOST[:PORT]", help="port defaults to 25")
+    p.add_argument("--mode", choices=[m.value for m in Mode], help="default: from the port")
+    p.add_argument("--server-name", help="SNI and expected certificate name (default: HOST)")
+    p.add_argument("--ca-file", help="PEM trust anchors (default: the system store)")
+    p.add_argument("--verify", choices=[v.value for v in VerifyPolicy], help="default: from port")
+    p.add_argument("--ehlo-name", help="name to send in EHLO (default: this machine's FQDN)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds for the whole probe")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--version", action="version", version=f"smtp-tls-exporter {__version__}")
+    return p
+
+
+def probe_command(argv: list[str]) -> int:
+    parser = _probe_parser()
+    args = parser.parse_args(argv)  # exits 2 on bad usage
+    try:
+        host, port = parse_host_port(args.endpoint, default_port=25)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.timeout <= 0:
+        parser.error("--timeout must be positive")
+    if args.ca_file is not None:
+        try:
+            load_trust_store(args.ca_file)
+        except TrustStoreError as exc:
+            parser.error(str(exc))
+    target = Target.create(
+        host,
+        port,
+        mode=Mode(args.mode) if args.mode else None,
+        verify=VerifyPolicy(args.verify) if args.verify else None,
+        server_name=args.server_name,
+        ehlo_name=args.ehlo_name,
+        ca_file=args.ca_file,
+        timeout=args.timeout,
+    )
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    result = asyncio.run(probe(target))
+    if args.json:
+        print(json.dumps(to_json(result), indent=2))
+    else:
+        print(render_text(result))
+    return 0 if result.success else 1

@@ -1,0 +1,1 @@
+"""The long-running exporter: config, scheduler, collector and HTTP endpoints."""

@@ -1,0 +1,64 @@
+"""What the running exporter knows, shared by the scheduler (writer) and the collector (reader).
+
+Everything lives on the event loop's thread except the collector, which reads from the HTTP
+thread; it takes `snapshot()` (a shallow copy of immutable results) and never waits on a probe.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+from exporter.model import ProbeResult, Target
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    targets: tuple[Target, ...]  # the configured targets, in config order
+    results: dict[str, ProbeResult]  # target name -> latest scheduled result
+    probes_total: dict[str, int]  # result ("success" | "failure") -> count since start
+    reload_success: bool
+    reload_success_timestamp: float | None
+    scheduler_lag_seconds: float  # how late the latest probe started, vs. its scheduled time
+    scheduler_lag_max_seconds: float  # the largest lag over the last interval
+
+
+@dataclass
+class ServiceState:
+    targets: tuple[Target, ...] = ()
+    results: dict[str, ProbeResult] = field(default_factory=dict)
+    probes_total: Counter[str] = field(default_factory=Counter)
+    reload_success: bool = True
+    reload_success_timestamp: float | None = None
+    scheduler_lag_seconds: float = 0.0
+    scheduler_lag_max_seconds: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def set_targets(self, targets: tuple[Target, ...]) -> None:
+        """Install a new target list; results of targets no longer configured are dropped."""
+        with self._lock:
+            self.targets = targets
+            names = {t.name for t in targets}
+            self.results = {k: v for k, v in self.results.items() if k in names}
+
+    def record(self, result: ProbeResult, lag: float) -> None:
+        with self._lock:
+            # A result for a target removed (or changed) while its probe ran is not kept.
+            if result.target in self.targets:
+                self.results[result.target.name] = result
+            self.probes_total["success" if result.success else "failure"] += 1
+            self.scheduler_lag_seconds = lag
+            self.scheduler_lag_max_seconds = max(self.scheduler_lag_max_seconds, lag)
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            return Snapshot(
+                targets=self.targets,
+                results=dict(self.results),
+                probes_total=dict(self.probes_total),
+                reload_success=self.reload_success,
+                reload_success_timestamp=self.reload_success_timestamp,
+                scheduler_lag_seconds=self.scheduler_lag_seconds,
+                scheduler_lag_max_seconds=self.scheduler_lag_max_seconds,
+            )

@@ -1,0 +1,1 @@
+"""SMTP dialogue: reply parsing and the wire."""

@@ -1,0 +1,258 @@
+"""One SMTP connection on the wire: bounded reads, replies, writes, in-place TLS, and a transcript.
+
+TLS runs through an `ssl.SSLObject` over memory BIOs rather than asyncio's `start_tls`, so the probe
+sees the raw bytes: plaintext where a TLS record was expected (port 465 spoken to as if it were
+587), and plaintext the server sent after its 220 to STARTTLS (RFC 3207 section 4.2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+
+from exporter.model import TranscriptEntry
+from exporter.smtp.reply import MAX_LINE, MAX_REPLY, Reply, take_reply
+
+MAX_TRANSCRIPT_ENTRIES = 200
+MAX_TRANSCRIPT_TEXT = 2000
+# Above this much undelivered plaintext the socket stops being read: take_reply refuses a reply
+# this large anyway, so memory stays bounded whatever the server sends.
+MAX_BUFFER = MAX_REPLY + MAX_LINE
+RAW_PREFIX = 16
+
+
+class WireError(Exception):
+    """A transport-level problem on an open connection."""
+
+
+class ConnectionClosed(WireError):
+    pass
+
+
+class TlsError(WireError):
+    """The TLS handshake failed. `raw_prefix` holds the first raw bytes the server sent since."""
+
+    def __init__(self, message: str, raw_prefix: bytes) -> None:
+        super().__init__(message)
+        self.raw_prefix = raw_prefix
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, started: float) -> None:
+        self._started = started
+        self._transport: asyncio.Transport | None = None
+        self._plain = bytearray()
+        self._eof = False
+        self._lost: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused = False
+        self._ssl: ssl.SSLObject | None = None
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._handshaking = False
+        self._tls_error: ssl.SSLError | None = None
+        self._raw_prefix = bytearray()
+        self.local_address: str | None = None
+        self.received = 0  # bytes read from the socket, for "timed out after N bytes" details
+        self.transcript: list[TranscriptEntry] = []
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        sockname = transport.get_extra_info("sockname")
+        self.local_address = str(sockname[0]) if sockname else None
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        if self._ssl is None:
+            self._plain += data
+        else:
+            if len(self._raw_prefix) < RAW_PREFIX:
+                self._raw_prefix += data[: RAW_PREFIX - len(self._raw_prefix)]
+            self._in.write(data)
+            if not self._handshaking:
+                self._decrypt()
+        if len(self._plain) > MAX_BUFFER and self._transport is not None and not self._paused:
+            self._transport.pause_reading()
+            self._paused = True
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self._lost = exc
+        self._wake()
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def _decrypt(self) -> None:
+        assert self._ssl is not None
+        while True:
+            try:
+                chunk = self._ssl.read(65536)
+            except ssl.SSLWantReadError:
+                return
+            except ssl.SSLZeroReturnError:
+                self._eof = True
+                return
+            except ssl.SSLError as exc:
+                self._tls_error = exc
+                self._eof = True
+                return
+            if not chunk:
+                self._eof = True
+                return
+            self._plain += chunk
+
+    @property
+    def pending(self) -> bytes:
+        """Bytes received and not yet consumed as a reply (at most a few KiB are shown)."""
+        return bytes(self._plain[:4096])
+
+    async def read_reply(self) -> Reply:
+        """Wait for one complete reply. Raises ReplyError, ReplyTooLarge or ConnectionClosed."""
+        while True:
+            reply, used = take_reply(self._plain)
+            if reply is not None:
+                del self._plain[:used]
+                if self._paused and len(self._plain) <= MAX_BUFFER and self._transport:
+                    self._transport.resume_reading()
+                    self._paused = False
+                self._note("S", reply.render())
+                return reply
+            if self._eof:
+                if self._tls_error is not None:
+                    raise ConnectionClosed(f"TLS error while reading: {self._tls_error}")
+                what = (
+                    f" after {len(self._plain)} bytes of an unfinished reply" if self._plain else ""
+                )
+                raise ConnectionClosed(f"server closed the connection{what}")
+            await self._wait()
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def send(self, line: str) -> None:
+        self._note("C", line)
+        data = line.encode("ascii") + b"\r\n"
+        if self._ssl is None:
+            self._write_raw(data)
+        else:
+            self._ssl.write(data)
+            self._flush()
+
+    def _write_raw(self, data: bytes) -> None:
+        if self._transport is None or self._transport.is_closing():
+            raise ConnectionClosed("connection already closed")
+        self._transport.write(data)
+
+    def _flush(self) -> None:
+        data = self._out.read()
+        if data:
+            self._write_raw(data)
+
+    # -- TLS --------------------------------------------------------------------------------
+
+    def take_unread(self) -> bytes:
+        """Drop and return unconsumed plaintext: RFC 3207 section 4.2 says to discard it."""
+        data = bytes(self._plain)
+        self._plain.clear()
+        if self._paused and self._transport:
+            self._transport.resume_reading()
+            self._paused = False
+        return data
+
+    async def start_tls(self, context: ssl.SSLContext, server_name: str | None) -> None:
+        """Run the TLS handshake in place. Raises TlsError or ConnectionClosed."""
+        self._raw_prefix.clear()
+        self._ssl = context.wrap_bio(self._in, self._out, server_hostname=server_name)
+        self._handshaking = True
+        self._note("tls", f"handshake started (SNI {server_name or 'none'})")
+        try:
+            while True:
+                try:
+                    self._ssl.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    self._flush()
+                    if self._eof:
+                        raise TlsError(
+                            "server closed the connection during the TLS handshake",
+                            bytes(self._raw_prefix),
+                        ) from None
+                    await self._wait()
+                except ssl.SSLError as exc:
+                    self._flush()  # let the server see our alert
+                    raise TlsError(_ssl_message(exc), bytes(self._raw_prefix)) from exc
+        finally:
+            self._handshaking = False
+        self._flush()
+        self._note("tls", f"handshake done: {self._ssl.version()} {self.cipher()[0]}")
+        # Bytes that arrived with the last handshake flight (an implicit-TLS greeting) wait here.
+        self._decrypt()
+
+    @property
+    def ssl_object(self) -> ssl.SSLObject | None:
+        return self._ssl
+
+    def cipher(self) -> tuple[str, str, int | None]:
+        c = self._ssl.cipher() if self._ssl is not None else None
+        return c if c is not None else ("", "", None)
+
+    # -- closing ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return
+        if self._ssl is not None and not self._handshaking and self._tls_error is None:
+            with contextlib.suppress(ssl.SSLError, ValueError):
+                self._ssl.unwrap()  # queue our close_notify
+            with contextlib.suppress(WireError):
+                self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    # -- transcript -------------------------------------------------------------------------
+
+    def note(self, kind: str, text: str) -> None:
+        self._note(kind, text)
+
+    def _note(self, kind: str, text: str) -> None:
+        if len(self.transcript) >= MAX_TRANSCRIPT_ENTRIES:
+            return
+        if len(text) > MAX_TRANSCRIPT_TEXT:
+            text = text[:MAX_TRANSCRIPT_TEXT] + f"... ({len(text)} characters)"
+        at = round(time.monotonic() - self._started, 6)
+        self.transcript.append(TranscriptEntry(at, kind, text))
+
+
+def _ssl_message(exc: ssl.SSLError) -> str:
+    reason = getattr(exc, "reason", None)
+    text = str(exc)
+    return f"{reason}: {text}" if reason and reason not in text else text
+
+
+def looks_like_tls(data: bytes) -> bool:
+    """A TLS record header: handshake (22) or alert (21), protocol major version 3."""
+    return len(data) >= 2 and data[0] in (0x15, 0x16) and data[1] == 0x03

@@ -1,0 +1,1 @@
+"""TLS: the client context, certificate facts and verification."""

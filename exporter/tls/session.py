@@ -1,0 +1,61 @@
+"""The client TLS context and what a finished handshake tells: version, cipher, served chain."""
+
+from __future__ import annotations
+
+import functools
+import ssl
+from typing import Any
+
+from exporter.model import TlsFacts
+
+_VERSIONS = {
+    "TLSv1.3": "TLS 1.3",
+    "TLSv1.2": "TLS 1.2",
+    "TLSv1.1": "TLS 1.1",
+    "TLSv1": "TLS 1.0",
+    "SSLv3": "SSL 3.0",
+}
+
+
+@functools.lru_cache(maxsize=1)
+def client_context() -> ssl.SSLContext:
+    """One shared context that never verifies: verification happens apart (exporter.tls.verify),
+    so the facts of an expired or untrusted certificate are still read (blackbox_exporter #1119)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def tls_facts(sslobj: ssl.SSLObject) -> TlsFacts:
+    version = sslobj.version() or ""
+    cipher = sslobj.cipher()
+    return TlsFacts(
+        version=_VERSIONS.get(version, version),
+        cipher=cipher[0] if cipher else "",
+        cipher_bits=cipher[2] if cipher else None,
+    )
+
+
+def peer_chain(sslobj: ssl.SSLObject | ssl.SSLSocket) -> list[bytes]:
+    """The certificates the peer served, leaf first, as DER, whatever verification said.
+
+    Python 3.13 made this public as `get_unverified_chain()`, returning DER bytes; on 3.11 and
+    3.12 the same call exists only on the private `_sslobj`, returning certificate objects.
+    Without either, only the leaf is known.
+    """
+    getter = getattr(sslobj, "get_unverified_chain", None)
+    if getter is None:
+        inner = getattr(sslobj, "_sslobj", None)
+        getter = getattr(inner, "get_unverified_chain", None)
+    if getter is not None:
+        items = getter() or []
+        return [_der(item) for item in items]
+    leaf = sslobj.getpeercert(binary_form=True)
+    return [leaf] if leaf else []
+
+
+def _der(item: Any) -> bytes:
+    if isinstance(item, bytes | bytearray):
+        return bytes(item)
+    return bytes(item.public_bytes(ssl._ssl.ENCODING_DER))  # type: ignore[attr-defined]

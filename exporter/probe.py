@@ -37,6 +37,7 @@ from exporter.model import (
     VerifyPolicy,
     VerifyReason,
 )
+from exporter.resolve import Addresses, ResolveError, Resolver, literal, system_resolve
 from exporter.smtp.reply import Ehlo, Reply, ReplyError, ReplyTooLarge, parse_ehlo
 from exporter.smtp.wire import Connection, ConnectionClosed, TlsError, looks_like_tls
 from exporter.tls import certs, session
@@ -65,9 +66,11 @@ def machine_fqdn() -> str | None:
     return name if "." in name and not name.endswith(".localdomain") else None
 
 
-async def probe(target: Target) -> ProbeResult:
-    """Probe `target` once, within its timeout. Never raises (except on cancellation)."""
-    run = _Run(target)
+async def probe(target: Target, *, resolver: Resolver | None = None) -> ProbeResult:
+    """Probe `target` once, within its timeout. Never raises (except on cancellation).
+
+    `resolver` looks up host names (default: the system's getaddrinfo)."""
+    run = _Run(target, resolver or system_resolve)
     try:
         async with asyncio.timeout(target.timeout):
             await run.dialogue()
@@ -92,6 +95,7 @@ async def probe(target: Target) -> ProbeResult:
 @dataclass
 class _Run:
     target: Target
+    resolver: Resolver
     started_wall: float = field(default_factory=time.time)
     started: float = field(default_factory=time.monotonic)
     stage: Stage = Stage.RESOLVE
@@ -139,30 +143,22 @@ class _Run:
         finally:
             self.phases[phase] = self.phases.get(phase, 0.0) + time.monotonic() - start
 
-    async def _resolve(self) -> list[tuple[socket.AddressFamily, str]]:
+    async def _resolve(self) -> Addresses:
         host = self.target.host
+        addresses = literal(host)
+        if addresses is not None:
+            return addresses
         try:
-            ip = ipaddress.ip_address(host.strip("[]"))
-        except ValueError:
-            pass
-        else:
-            family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-            return [(family, str(ip))]
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await loop.getaddrinfo(
-                host, self.target.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-            )
-        except socket.gaierror as exc:
-            raise _Stop(Reason.NAME_NOT_RESOLVED, f"{host}: {exc.strerror}") from exc
-        seen: dict[str, socket.AddressFamily] = {}
-        for family, _, _, _, sockaddr in infos:
-            seen.setdefault(str(sockaddr[0]), socket.AddressFamily(family))
-        if not seen:
+            addresses = await self.resolver(host, self.target.port)
+        except ResolveError as exc:
+            raise _Stop(
+                Reason.TIMEOUT if exc.timeout else Reason.NAME_NOT_RESOLVED, str(exc)
+            ) from exc
+        if not addresses:
             raise _Stop(Reason.NAME_NOT_RESOLVED, f"{host}: no address")
-        return [(family, addr) for addr, family in seen.items()]
+        return addresses
 
-    async def _connect(self, addresses: list[tuple[socket.AddressFamily, str]]) -> None:
+    async def _connect(self, addresses: Addresses) -> None:
         loop = asyncio.get_running_loop()
         last: _Stop | None = None
         for family, address in addresses:

@@ -23,6 +23,8 @@ async def serve(handler: Handler, host: str = "127.0.0.1") -> AsyncIterator[tupl
             await handler(reader, writer)
         except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            pass  # the test is over and the server is shutting down
         finally:
             tasks.discard(task)
             writer.close()

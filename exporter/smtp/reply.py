@@ -61,6 +61,7 @@ def take_reply(buf: bytes | bytearray) -> tuple[Reply | None, int]:
     while True:
         end = buf.find(b"\n", pos)
         if end < 0:
+            _check_prefix(bytes(buf[pos : pos + 4]))
             if len(buf) - pos > MAX_LINE:
                 raise ReplyTooLarge(f"reply line longer than {MAX_LINE} bytes")
             if len(buf) > MAX_REPLY:
@@ -85,6 +86,16 @@ def take_reply(buf: bytes | bytearray) -> tuple[Reply | None, int]:
             raise ReplyTooLarge(f"reply longer than {MAX_REPLY} bytes")
         if final:
             return Reply(code, tuple(texts), _enhanced(code, texts[0])), pos
+
+
+def _check_prefix(partial: bytes) -> None:
+    # Refuse a line that cannot become a reply as soon as it starts, rather than waiting for a
+    # line end that a TLS record or a binary protocol may never send.
+    digits = partial[:3]
+    if digits and not digits.isdigit():
+        raise ReplyError(f"not an SMTP reply line: {_show(partial)}")
+    if len(partial) == 4 and partial[3:4] not in (b" ", b"-", b"\r", b"\n"):
+        raise ReplyError(f"bad separator after reply code: {_show(partial)}")
 
 
 def _parse_line(raw: bytes) -> tuple[int, bool, str]:

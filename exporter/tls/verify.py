@@ -17,10 +17,12 @@ import functools
 import ipaddress
 import os
 import ssl
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509 import verification as xv
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
@@ -93,7 +95,10 @@ def _parse_pem_bundle(data: bytes) -> list[x509.Certificate]:
     certs = []
     for block in data.split(_PEM_BEGIN)[1:]:
         try:
-            certs.append(x509.load_pem_x509_certificate(_PEM_BEGIN + block))
+            with warnings.catch_warnings():
+                # Some distribution bundles hold roots with non-positive serials; they still work.
+                warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+                certs.append(x509.load_pem_x509_certificate(_PEM_BEGIN + block))
         except ValueError:
             continue
     return certs
@@ -138,7 +143,8 @@ def verify(
 ) -> Verification:
     """Verify a served chain (leaf first) for `server_name` against `trust` at `now`."""
     if not chain:
-        return Verification(False, False, VerifyReason.NO_CERTIFICATE, "no certificate served")
+        detail = "no readable certificate served"
+        return Verification(False, False, VerifyReason.NO_CERTIFICATE, detail, trust.source)
     leaf, intermediates = chain[0], list(chain[1:])
     name_ok = hostname_matches(leaf, server_name)
     trusted, detail = _trusted(leaf, intermediates, trust, now)

@@ -65,9 +65,9 @@ def test_good_listeners_succeed(postfix: PostfixServer, name: str) -> None:
 
 def test_465_text_report(postfix: PostfixServer) -> None:
     listener = postfix.listener("smtps_465")
+    command = [sys.executable, "-m", "exporter", "probe", f"{listener.host}:465"]
     proc = subprocess.run(
-        [sys.executable, "-m", "exporter", "probe", f"{listener.host}:465", "--ca-file"]
-        + [listener.ca_file, "--ehlo-name", "prober.example.test"],  # noqa: RUF005
+        [*command, "--ca-file", listener.ca_file, "--ehlo-name", "prober.example.test"],
         capture_output=True,
         text=True,
         timeout=30,

@@ -21,7 +21,7 @@ class Snapshot:
     reload_success: bool
     reload_success_timestamp: float | None
     scheduler_lag_seconds: float  # how late the latest probe started, vs. its scheduled time
-    scheduler_lag_max_seconds: float  # the largest lag over the last interval
+    scheduler_lag_max_seconds: float  # the largest lag since the exporter started
 
 
 @dataclass
@@ -36,11 +36,11 @@ class ServiceState:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def set_targets(self, targets: tuple[Target, ...]) -> None:
-        """Install a new target list; results of targets no longer configured are dropped."""
+        """Install a new target list; results of targets no longer configured so are dropped."""
         with self._lock:
             self.targets = targets
-            names = {t.name for t in targets}
-            self.results = {k: v for k, v in self.results.items() if k in names}
+            # A removed target loses its series; so does a changed one until it is probed again.
+            self.results = {k: v for k, v in self.results.items() if v.target in targets}
 
     def record(self, result: ProbeResult, lag: float) -> None:
         with self._lock:

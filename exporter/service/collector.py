@@ -1,0 +1,217 @@
+"""The one Prometheus collector: the latest probe results, as metric families, at scrape time.
+
+`collect()` takes a snapshot of the service state and turns it into families; it never does I/O
+and never waits on a probe. The values come from the last scheduled probe of each target, so no
+sample carries a timestamp; `smtp_tls_last_probe_timestamp_seconds` says how old they are. A
+target that is configured but not yet probed has no per-endpoint series; a removed target's
+series are gone at the next scrape. For one STARTTLS target the exposition looks like:
+
+    smtp_tls_probe_success{host="localhost",mode="starttls",port="25",target="localhost:25"} 1.0
+    smtp_tls_probe_duration_seconds{...,phase="connect",...} 0.0004
+    smtp_tls_version_info{...,version="TLS 1.3"} 1.0
+    smtp_tls_starttls_advertised{...} 1.0
+    smtp_tls_cert_expiry_days{...} 61.2
+
+docs/metrics.md describes every metric; a test checks that it and this module agree.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+
+from exporter import __version__
+from exporter.model import Mode, ProbeResult, Target
+from exporter.service.state import Snapshot
+
+_FROM_PROBE = "from the last scheduled probe"
+
+# Per-endpoint gauges: name -> HELP. Families are emitted in this order.
+_ENDPOINT_HELP = {
+    "smtp_tls_probe_success": f"1 if the probe succeeded, 0 if it failed ({_FROM_PROBE}).",
+    "smtp_tls_probe_failure_info": (
+        f"1 while the last probe failed: where it stopped and why ({_FROM_PROBE}); "
+        "absent after a success."
+    ),
+    "smtp_tls_probe_duration_seconds": f"Seconds spent in each phase of the probe ({_FROM_PROBE}).",
+    "smtp_tls_last_probe_timestamp_seconds": "Unix time at which the last scheduled probe started.",
+    "smtp_tls_version_info": f"The negotiated TLS version, as the version label ({_FROM_PROBE}).",
+    "smtp_tls_cipher_info": f"The negotiated cipher suite, as the cipher label ({_FROM_PROBE}).",
+    "smtp_tls_starttls_advertised": (
+        f"1 if the server offered STARTTLS in its EHLO reply, 0 if not ({_FROM_PROBE})."
+    ),
+    "smtp_tls_auth_before_tls": (
+        f"1 if the server offered AUTH before TLS was established, 0 if not ({_FROM_PROBE})."
+    ),
+    "smtp_tls_plaintext_after_starttls": (
+        "1 if the server sent bytes after its reply to STARTTLS and before the TLS handshake "
+        f"(discarded, RFC 3207 section 4.2), 0 if not ({_FROM_PROBE})."
+    ),
+    "smtp_tls_cert_not_after_timestamp_seconds": (
+        f"Unix time at which the leaf certificate expires ({_FROM_PROBE})."
+    ),
+    "smtp_tls_cert_not_before_timestamp_seconds": (
+        f"Unix time from which the leaf certificate is valid ({_FROM_PROBE})."
+    ),
+    "smtp_tls_cert_expiry_days": (
+        "Days until the leaf certificate expires, negative once expired; computed at scrape time "
+        "from the certificate seen by the last scheduled probe."
+    ),
+    "smtp_tls_chain_earliest_not_after_timestamp_seconds": (
+        f"Unix time at which the first certificate of the served chain expires ({_FROM_PROBE})."
+    ),
+    "smtp_tls_cert_trusted": (
+        f"1 if the served chain verifies against the trust store, 0 if not ({_FROM_PROBE})."
+    ),
+    "smtp_tls_cert_hostname_match": (
+        "1 if the leaf certificate is valid for the target's server name, 0 if not "
+        f"({_FROM_PROBE})."
+    ),
+    "smtp_tls_cert_verify_info": (
+        f"Outcome of certificate verification: ok or the first problem found ({_FROM_PROBE})."
+    ),
+    "smtp_tls_cert_info": f"Identity of the leaf certificate ({_FROM_PROBE}).",
+}
+
+
+class SmtpTlsCollector(Collector):
+    """Builds every family afresh per scrape from `snapshot()`; `clock` gives the scrape time."""
+
+    def __init__(
+        self, snapshot: Callable[[], Snapshot], clock: Callable[[], float] = time.time
+    ) -> None:
+        self._snapshot = snapshot
+        self._clock = clock
+
+    def describe(self) -> list[Metric]:
+        # Nothing to declare up front: registering must not call collect() (and so the state).
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._snapshot()
+        now = self._clock()
+        yield from _exporter_families(snap)
+        families = {name: GaugeMetricFamily(name, text) for name, text in _ENDPOINT_HELP.items()}
+        for target in snap.targets:
+            result = snap.results.get(target.name)
+            # A result of an earlier definition of a target with this name (changed by a reload)
+            # describes something no longer configured: nothing is shown until the next probe.
+            if result is not None and result.target == target:
+                _endpoint_samples(families, result, now)
+        yield from (f for f in families.values() if f.samples)
+
+
+def _exporter_families(snap: Snapshot) -> Iterator[Metric]:
+    build = GaugeMetricFamily(
+        "smtp_tls_exporter_build_info",
+        "The exporter's version and the Python running it; always 1.",
+        labels=["version", "python_version"],
+    )
+    build.add_metric([__version__, platform.python_version()], 1)
+    yield build
+    yield GaugeMetricFamily(
+        "smtp_tls_exporter_config_last_reload_successful",
+        "1 if the last attempt to load the config succeeded, 0 if it failed (the previous "
+        "config stays in use).",
+        value=int(snap.reload_success),
+    )
+    if snap.reload_success_timestamp is not None:
+        yield GaugeMetricFamily(
+            "smtp_tls_exporter_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful config load.",
+            value=snap.reload_success_timestamp,
+        )
+    probes = CounterMetricFamily(
+        "smtp_tls_exporter_probes",
+        "Scheduled probes run since the exporter started, by result.",
+        labels=["result"],
+    )
+    for result in ("success", "failure"):
+        probes.add_metric([result], snap.probes_total.get(result, 0))
+    yield probes
+    yield GaugeMetricFamily(
+        "smtp_tls_exporter_targets", "Targets in the config.", value=len(snap.targets)
+    )
+    yield GaugeMetricFamily(
+        "smtp_tls_exporter_scheduler_lag_seconds",
+        "How many seconds after its scheduled time the latest probe started.",
+        value=snap.scheduler_lag_seconds,
+    )
+    yield GaugeMetricFamily(
+        "smtp_tls_exporter_scheduler_lag_max_seconds",
+        "The largest scheduler lag seen since the exporter started, in seconds.",
+        value=snap.scheduler_lag_max_seconds,
+    )
+
+
+def _endpoint_labels(target: Target) -> dict[str, str]:
+    """The labels of every per-endpoint series: the target's static labels, then its identity."""
+    return {
+        **dict(target.labels),
+        "target": target.name,
+        "host": target.host,
+        "port": str(target.port),
+        "mode": str(target.mode),
+    }
+
+
+def _endpoint_samples(families: dict[str, GaugeMetricFamily], r: ProbeResult, now: float) -> None:
+    base = _endpoint_labels(r.target)
+
+    def add(name: str, value: float, **extra: str) -> None:
+        # Static labels differ between targets, so samples are added with their own label
+        # set rather than through add_metric(), which fixes one set of names per family.
+        families[name].samples.append(Sample(name, {**base, **extra}, float(value)))
+
+    starttls = r.target.mode == Mode.STARTTLS
+    add("smtp_tls_probe_success", r.success)
+    if not r.success and r.failure is not None:
+        add(
+            "smtp_tls_probe_failure_info",
+            1,
+            stage=str(r.failure.stage),
+            reason=str(r.failure.reason),
+        )
+    for phase, seconds in r.phases.items():
+        add("smtp_tls_probe_duration_seconds", seconds, phase=phase)
+    add("smtp_tls_last_probe_timestamp_seconds", r.started_at)
+    if r.tls is not None:
+        add("smtp_tls_version_info", 1, version=r.tls.version)
+        add("smtp_tls_cipher_info", 1, cipher=r.tls.cipher)
+    # Facts learnt from the EHLO before TLS exist only for STARTTLS targets that got that far.
+    if starttls and r.smtp.starttls_advertised is not None:
+        add("smtp_tls_starttls_advertised", r.smtp.starttls_advertised)
+        add("smtp_tls_auth_before_tls", bool(r.smtp.auth_before_tls))
+    if starttls and r.tls is not None:
+        add("smtp_tls_plaintext_after_starttls", r.smtp.plaintext_after_starttls)
+    # Certificate series whenever a certificate was seen: a broken certificate is exactly when
+    # they matter (blackbox_exporter #1119, ssl_exporter #37).
+    cert = r.certificate
+    if cert is not None:
+        add("smtp_tls_cert_not_after_timestamp_seconds", cert.not_after)
+        add("smtp_tls_cert_not_before_timestamp_seconds", cert.not_before)
+        add("smtp_tls_cert_expiry_days", cert.days_until_expiry(now))
+        add(
+            "smtp_tls_cert_info",
+            1,
+            subject=cert.subject,
+            issuer=cert.issuer,
+            serial=cert.serial,
+            fingerprint_sha256=cert.fingerprint_sha256,
+            key_type=cert.key_type,
+            key_bits="" if cert.key_bits is None else str(cert.key_bits),
+            signature_algorithm=cert.signature_algorithm,
+        )
+    earliest = r.chain_earliest_not_after
+    if earliest is not None:
+        add("smtp_tls_chain_earliest_not_after_timestamp_seconds", earliest)
+    v = r.verification
+    if v is not None:
+        add("smtp_tls_cert_trusted", v.trusted)
+        add("smtp_tls_cert_hostname_match", v.hostname_match)
+        add("smtp_tls_cert_verify_info", 1, reason=str(v.reason))

@@ -10,11 +10,11 @@ After that it is probed on its own grid of slots
 where `epoch` is the scheduler's start (monotonic clock) and `phase(name)` is a number in [0, 1)
 taken from a SHA-256 of the target's name. The phase spreads targets with the same interval evenly
 over it, so probes do not burst at every interval; being a hash of the name, it needs no state and
-keeps an unchanged target on its grid across reloads. The next slot is
-the first one at least one interval after the previous probe's slot, so no target is probed more
-often than its interval (the gap after the first probe is between one and two intervals). A probe
-that overran a whole interval (slow server, or waiting for a concurrency slot) is followed at once
-by one probe for the latest missed slot, never by a burst of catch-up probes.
+keeps an unchanged target on its grid across reloads. The next slot is the first one at least one
+interval after the previous probe's slot, so no target is probed more often than its interval (the
+gap after the first probe is between one and two intervals). A probe that overran a whole interval
+(slow server, or waiting for a concurrency slot) is followed at once by one probe for the latest
+missed slot, never by a burst of catch-up probes.
 
 A global semaphore of `concurrency` slots bounds how many probes run at once. The lag recorded with
 each result is how long after its slot the probe actually started (waiting for the semaphore
@@ -57,11 +57,9 @@ def next_slot(epoch: float, interval: float, frac: float, previous: float, now: 
     the latest slot not after `now` instead, to be run at once.
     """
     base = epoch + frac * interval
-    k = math.ceil((previous + interval - base) / interval)
+    # The tolerance keeps a `previous` that sits on the grid (give or take rounding) on it.
+    k = math.ceil((previous + interval - base) / interval - 1e-9)
     slot = base + k * interval
-    # Floating point: ceil() may land one slot early when previous sits exactly on the grid.
-    if slot < previous + interval - 1e-9:
-        slot += interval
     if slot < now:
         slot = base + math.floor((now - base) / interval) * interval
     return slot
@@ -117,8 +115,11 @@ class Scheduler:
                 task.cancel()
                 ending.append(task)
                 del self._tasks[name]
-        for name, target in wanted.items():
-            if name not in self._tasks:
+        kept, self._tasks = self._tasks, {}
+        for name, target in wanted.items():  # in the order given, as `targets` reports them
+            if name in kept:
+                self._tasks[name] = kept[name]
+            else:
                 task = asyncio.create_task(self._run(target), name=f"probe {name}")
                 self._tasks[name] = (target, task)
         await _finish(ending)

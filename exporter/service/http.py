@@ -1,0 +1,404 @@
+"""The HTTP endpoints, on their own thread: metrics, landing page, debug, health, reload, probe.
+
+This layer only serves. What it shows comes from a `Backend` (the running service): a snapshot of
+the state, the registry behind `/metrics`, and blocking calls for a reload and an on-demand probe,
+which the backend runs on the event loop. Routes:
+
+    GET  /                    landing page: every target with its last verdict
+    GET  /metrics             the exporter's registry; text or OpenMetrics by Accept, gzip if asked
+    GET  /debug?target=NAME   the last scheduled result of NAME as a text report with transcript
+    GET  /probe?target=T      probe T now (a configured name, or host:port of a permitted host) and
+                              return that probe's metrics; `&debug=true`: the report instead
+    GET  /-/healthy           200 while the process serves
+    GET  /-/ready             200 once the config is loaded and the scheduler runs, else 503
+    POST /-/reload            reload the config: 200, or 500 with every problem (old one kept)
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Protocol
+from urllib.parse import parse_qs, quote, urlsplit
+
+from prometheus_client.exposition import choose_encoder, generate_latest, gzip_accepted
+from prometheus_client.registry import CollectorRegistry
+
+from exporter import __version__
+from exporter.model import ProbeResult, Target, join_host_port
+from exporter.report import render_text
+from exporter.service.state import Snapshot
+
+log = logging.getLogger(__name__)
+
+TEXT = "text/plain; charset=utf-8"
+HTML = "text/html; charset=utf-8"
+# Request bodies are only ever empty (POST /-/reload); anything larger is not read.
+MAX_BODY = 64 * 1024
+
+
+class ProbeRefused(Exception):
+    """An on-demand probe that was not run, with the HTTP status and message that say why."""
+
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Backend(Protocol):
+    """What the HTTP layer needs from the running service. Every method is called off the loop."""
+
+    @property
+    def registry(self) -> CollectorRegistry: ...
+
+    def snapshot(self) -> Snapshot: ...
+
+    def ready(self) -> bool: ...
+
+    def reload(self) -> tuple[bool, str]:
+        """Reload the config; (True, message) or (False, every problem, one per line)."""
+        ...
+
+    def probe(self, target: str, scrape_timeout: float | None) -> ProbeResult:
+        """Probe `target` now and wait for the result; raises ProbeRefused."""
+        ...
+
+    def probe_registry(self, result: ProbeResult) -> CollectorRegistry:
+        """A registry whose exposition is the metrics of this one result."""
+        ...
+
+
+class HttpServer:
+    """The HTTP server and the thread that runs it."""
+
+    def __init__(self, host: str, port: int, backend: Backend) -> None:
+        """Bind now (OSError if that fails); "" means every interface, IPv6 and IPv4."""
+        try:
+            self._server = _Server(host, port, backend)
+        except OSError:
+            if host != "":
+                raise
+            # No IPv6 here (a container with it disabled, say): every IPv4 interface.
+            self._server = _Server("0.0.0.0", port, backend)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="http", kwargs={"poll_interval": 0.2}
+        )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The address actually bound (port 0 resolved)."""
+        host, port = self._server.socket.getsockname()[:2]
+        return str(host), int(port)
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        return f"http://{join_host_port(host, port)}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop accepting requests and close the socket. Blocks until the serving loop ends."""
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join()
+        self._server.server_close()
+
+
+def _bind_family(host: str) -> tuple[socket.AddressFamily, str, bool]:
+    """(family, address, dual_stack) for a listen host; "" means every interface."""
+    if host == "":
+        if socket.has_ipv6:
+            return socket.AF_INET6, "::", True
+        return socket.AF_INET, "0.0.0.0", False
+    infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, sockaddr = infos[0]
+    return family, str(sockaddr[0]), False
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a request stuck on a probe never blocks the process from exiting
+    block_on_close = False
+
+    def __init__(self, host: str, port: int, backend: Backend) -> None:
+        self.address_family, address, self._dual_stack = _bind_family(host)
+        self.backend = backend
+        super().__init__((address, port), _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind would look up the host's FQDN (a DNS query) only to fill
+        # server_name, which nothing here uses; bind the socket and nothing more.
+        if self._dual_stack:
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind(self.server_address)
+        self.server_address = self.socket.getsockname()
+        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+
+
+Route = Callable[["_Handler", dict[str, list[str]]], None]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def version_string(self) -> str:
+        return f"smtp-tls-exporter/{__version__}"
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_HEAD(self) -> None:
+        self._dispatch("HEAD")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def _dispatch(self, method: str) -> None:
+        url = urlsplit(self.path)
+        self._discard_body()
+        route: Route
+        if url.path == "/-/reload":
+            route, allowed = _Handler.reload, ("POST", "PUT")
+        elif url.path in _GET_ROUTES:
+            route, allowed = _GET_ROUTES[url.path], ("GET", "HEAD")
+        else:
+            self.send_text(HTTPStatus.NOT_FOUND, f"{url.path} not found; see /\n")
+            return
+        if method not in allowed:
+            self.send_text(
+                HTTPStatus.METHOD_NOT_ALLOWED,
+                f"{method} is not allowed here; use {' or '.join(allowed)}\n",
+                headers={"Allow": ", ".join(allowed)},
+            )
+            return
+        try:
+            route(self, parse_qs(url.query))
+        except Exception:
+            log.exception("error serving %s", url.path)
+            self.send_text(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; see the log\n")
+
+    def _discard_body(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if 0 < length <= MAX_BODY:
+            self.rfile.read(length)
+        elif length > MAX_BODY:
+            self.close_connection = True
+
+    # -- routes -----------------------------------------------------------------------------
+
+    def metrics(self, query: dict[str, list[str]]) -> None:
+        self.send_exposition(self.server.backend.registry)
+
+    def landing(self, query: dict[str, list[str]]) -> None:
+        self.send_body(HTTPStatus.OK, HTML, landing_page(self.server.backend.snapshot()).encode())
+
+    def debug(self, query: dict[str, list[str]]) -> None:
+        name = _param(query, "target")
+        if name is None:
+            self.send_text(HTTPStatus.BAD_REQUEST, "missing ?target=NAME\n")
+            return
+        snap = self.server.backend.snapshot()
+        if name not in {t.name for t in snap.targets}:
+            self.send_text(HTTPStatus.NOT_FOUND, f"no configured target named {name!r}\n")
+            return
+        result = snap.results.get(name)
+        if result is None:
+            self.send_text(HTTPStatus.NOT_FOUND, f"{name}: its first probe has not finished yet\n")
+            return
+        started = _when(result.started_at)
+        header = f"Last scheduled probe of {name}, started {started}\n\n"
+        self.send_text(HTTPStatus.OK, header + render_text(result) + "\n")
+
+    def probe(self, query: dict[str, list[str]]) -> None:
+        spec = _param(query, "target")
+        if spec is None:
+            self.send_text(HTTPStatus.BAD_REQUEST, "missing ?target=NAME or ?target=host:port\n")
+            return
+        backend = self.server.backend
+        try:
+            result = backend.probe(spec, _scrape_timeout(self.headers.get(SCRAPE_TIMEOUT_HEADER)))
+        except ProbeRefused as refused:
+            self.send_text(refused.status, refused.message.rstrip("\n") + "\n")
+            return
+        registry = backend.probe_registry(result)
+        if _param(query, "debug") in ("true", "1"):
+            report = render_text(result)
+            exposition = generate_latest(registry).decode()
+            body = f"{report}\n\nMetrics returned by this probe\n\n{exposition}"
+            self.send_text(HTTPStatus.OK, body)
+        else:
+            self.send_exposition(registry)
+
+    def healthy(self, query: dict[str, list[str]]) -> None:
+        self.send_text(HTTPStatus.OK, "Healthy.\n")
+
+    def ready(self, query: dict[str, list[str]]) -> None:
+        if self.server.backend.ready():
+            self.send_text(HTTPStatus.OK, "Ready.\n")
+        else:
+            self.send_text(HTTPStatus.SERVICE_UNAVAILABLE, "Not ready.\n")
+
+    def reload(self, query: dict[str, list[str]]) -> None:
+        ok, message = self.server.backend.reload()
+        status = HTTPStatus.OK if ok else HTTPStatus.INTERNAL_SERVER_ERROR
+        self.send_text(status, message.rstrip("\n") + "\n")
+
+    # -- responses --------------------------------------------------------------------------
+
+    def send_exposition(self, registry: CollectorRegistry) -> None:
+        encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+        body = encoder(registry)
+        headers = {"Vary": "Accept, Accept-Encoding"}
+        if gzip_accepted(self.headers.get("Accept-Encoding", "")):
+            body = gzip.compress(body)
+            headers["Content-Encoding"] = "gzip"
+        self.send_body(HTTPStatus.OK, content_type, body, headers)
+
+    def send_text(
+        self, status: HTTPStatus, text: str, headers: dict[str, str] | None = None
+    ) -> None:
+        self.send_body(status, TEXT, text.encode("utf-8"), headers)
+
+    def send_body(
+        self,
+        status: HTTPStatus,
+        content_type: str,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug(
+            "http request",
+            extra={"client": self.address_string(), "request": format % args},
+        )
+
+
+_GET_ROUTES: dict[str, Route] = {
+    "/": _Handler.landing,
+    "/metrics": _Handler.metrics,
+    "/debug": _Handler.debug,
+    "/probe": _Handler.probe,
+    "/-/healthy": _Handler.healthy,
+    "/-/ready": _Handler.ready,
+}
+
+# Prometheus sends its scrape timeout; an on-demand probe must answer within it.
+SCRAPE_TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
+
+
+def _param(query: dict[str, list[str]], key: str) -> str | None:
+    values = query.get(key)
+    return values[0] if values else None
+
+
+def _scrape_timeout(value: str | None) -> float | None:
+    try:
+        seconds = float(value) if value else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and seconds > 0 else None
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+
+
+# -- the landing page -------------------------------------------------------------------------
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>SMTP TLS exporter</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; }}
+table {{ border-collapse: collapse; }}
+th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; }}
+td.ok {{ color: #060; font-weight: bold; }}
+td.failed {{ color: #a00; font-weight: bold; }}
+td.pending {{ color: #666; }}
+</style>
+</head>
+<body>
+<h1>SMTP TLS exporter</h1>
+<p>Version {version}. <a href="metrics">Metrics</a> &middot;
+<a href="-/healthy">Health</a> &middot; <a href="-/ready">Readiness</a></p>
+<p>Values come from each target's last scheduled probe.
+<code>probe?target=NAME</code> probes a configured target now;
+add <code>&amp;debug=true</code> for its report.</p>
+<h2>Targets ({count})</h2>
+<table>
+<thead><tr><th>Target</th><th>Endpoint</th><th>Mode</th><th>Verdict</th><th>Stage</th>
+<th>Reason</th><th>TLS</th><th>Certificate expires in</th><th>Last probe</th><th>Details</th>
+</tr></thead>
+<tbody>
+{rows}
+</tbody>
+</table>
+</body>
+</html>
+"""
+
+
+def landing_page(snap: Snapshot, now: float | None = None) -> str:
+    """The landing page: one row per configured target, in config order."""
+    now = time.time() if now is None else now
+    rows = [_row(t, snap.results.get(t.name), now) for t in snap.targets]
+    return _PAGE.format(
+        version=html.escape(__version__),
+        count=len(snap.targets),
+        rows="\n".join(rows) or '<tr><td colspan="10">No targets configured.</td></tr>',
+    )
+
+
+def _row(target: Target, result: ProbeResult | None, now: float) -> str:
+    e = html.escape
+    if result is None or result.target != target:
+        verdict, css, stage, reason, tls, expiry, when = "pending", "pending", "", "", "", "", ""
+    else:
+        verdict, css = ("OK", "ok") if result.success else ("FAILED", "failed")
+        stage = str(result.failure.stage) if result.failure else ""
+        reason = str(result.failure.reason) if result.failure else ""
+        tls = result.tls.version if result.tls else ""
+        cert = result.certificate
+        expiry = f"{cert.days_until_expiry(now):.1f} days" if cert else ""
+        when = f"{max(0.0, now - result.started_at):.0f}s ago"
+    link = f'<a href="debug?target={quote(target.name, safe="")}">report</a>'
+    cells = [
+        f"<td>{e(target.name)}</td>",
+        f"<td>{e(join_host_port(target.host, target.port))}</td>",
+        f"<td>{e(str(target.mode))}</td>",
+        f'<td class="{css}">{verdict}</td>',
+        f"<td>{e(stage)}</td>",
+        f"<td>{e(reason)}</td>",
+        f"<td>{e(tls)}</td>",
+        f"<td>{e(expiry)}</td>",
+        f"<td>{e(when)}</td>",
+        f"<td>{link if result is not None else ''}</td>",
+    ]
+    return "<tr>" + "".join(cells) + "</tr>"

@@ -1,0 +1,403 @@
+"""The exporter service: flags, startup, reload, on-demand probes, signals and clean shutdown.
+
+`serve_command(argv)` is what `smtp-tls-exporter` runs without a subcommand. The event loop (main
+thread) owns the scheduler and the state; the HTTP server runs on its own thread and reaches the
+loop only through `Service`'s blocking methods (`reload`, `probe`), which submit coroutines with
+`asyncio.run_coroutine_threadsafe` and wait for them with a deadline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from http import HTTPStatus
+from typing import Any, TypeVar
+
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from exporter import __version__
+from exporter.config import DEFAULT_TIMEOUT, Config, ConfigError, load_config
+from exporter.model import ProbeResult, Target, join_host_port, parse_host_port
+from exporter.probe import probe as default_probe
+from exporter.service.collector import SmtpTlsCollector
+from exporter.service.http import HttpServer, ProbeRefused
+from exporter.service.logs import FORMATS, LEVELS, setup_logging
+from exporter.service.scheduler import ProbeFn, Scheduler, log_result
+from exporter.service.state import ServiceState, Snapshot
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_LISTEN = ":9465"
+# On-demand probes running at once; more get 429, so /probe cannot be used to flood mail servers.
+ON_DEMAND_LIMIT = 4
+# Taken off Prometheus' scrape timeout so the answer arrives before Prometheus gives up
+# (blackbox_exporter's --timeout-offset).
+SCRAPE_TIMEOUT_OFFSET = 0.5
+# Extra seconds to wait for a probe beyond its own timeout (QUIT, scheduling) before giving up.
+PROBE_GRACE = 5.0
+RELOAD_TIMEOUT = 60.0
+# The collector's own-process families, left out of a /probe answer (they describe the exporter,
+# not that probe; blackbox_exporter keeps them on /metrics only).
+_EXPORTER_PREFIX = "smtp_tls_exporter_"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="smtp-tls-exporter",
+        description=(
+            "Prometheus exporter that probes the TLS of SMTP endpoints on a schedule. "
+            "(`smtp-tls-exporter probe --help` for one-shot checks.)"
+        ),
+    )
+    p.add_argument(
+        "--config.file",
+        dest="config_file",
+        default="config.yml",
+        metavar="PATH",
+        help="the YAML config file (default: %(default)s)",
+    )
+    p.add_argument(
+        "--config.check",
+        dest="config_check",
+        action="store_true",
+        help="validate the config file, print every problem, and exit (0 valid, 1 invalid)",
+    )
+    p.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        default=DEFAULT_LISTEN,
+        metavar="[HOST]:PORT",
+        help="address to serve HTTP on; ':PORT' is every interface (default: %(default)s)",
+    )
+    p.add_argument("--log.level", dest="log_level", choices=list(LEVELS), default="info")
+    p.add_argument("--log.format", dest="log_format", choices=list(FORMATS), default="logfmt")
+    p.add_argument("--version", action="version", version=f"smtp-tls-exporter {__version__}")
+    return p
+
+
+def parse_listen_address(text: str) -> tuple[str, int]:
+    """`:9465` (every interface), `127.0.0.1:9465`, `[::1]:9465`, `localhost:0`."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{text!r} is not [HOST]:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{text!r}: write an IPv6 address in brackets, as [::1]:9465")
+    return host, int(port)
+
+
+def serve_command(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config_check:
+        return check_config(args.config_file)
+    try:
+        host, port = parse_listen_address(args.listen_address)
+    except ValueError as exc:
+        parser.error(f"--web.listen-address: {exc}")
+    setup_logging(args.log_level, args.log_format)
+    try:
+        config = load_config(args.config_file)
+    except ConfigError as exc:
+        _print_problems(args.config_file, exc)
+        return 1
+    return asyncio.run(_serve(config, args.config_file, host, port))
+
+
+def check_config(path: str) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        _print_problems(path, exc)
+        return 1
+    print(f"{path}: OK ({len(config.targets)} targets)")
+    return 0
+
+
+def _print_problems(path: str, exc: ConfigError) -> None:
+    print(f"{path}: invalid config ({len(exc.problems)} problems):", file=sys.stderr)
+    for line in exc.problems:
+        print(f"  {line}", file=sys.stderr)
+
+
+async def _serve(config: Config, config_path: str, host: str, port: int) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reloads: set[asyncio.Task[tuple[bool, str]]] = set()
+
+    def on_sighup() -> None:
+        log.info("SIGHUP: reloading the config")
+        task = loop.create_task(service.reload_async())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    def on_stop(signame: str) -> None:
+        log.info("%s: shutting down", signame)
+        stop.set()
+
+    service = Service(config, config_path)
+    try:
+        server = HttpServer(host, port, service)
+    except OSError as exc:
+        where = join_host_port(host or "*", port)
+        log.error("cannot listen on %s: %s", where, exc.strerror or exc)
+        return 1
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_stop, sig.name)
+    try:
+        async with running(service, server):
+            # Tests started on port 0 read the port from this line.
+            log.info("listening on %s", join_host_port(*server.address))
+            await stop.wait()
+    finally:
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("stopped")
+    return 0
+
+
+@contextlib.asynccontextmanager
+async def running(service: Service, server: HttpServer) -> AsyncIterator[None]:
+    """Start the scheduler and the (bound) HTTP server; on exit stop HTTP, then every probe."""
+    await service.start()
+    server.start()
+    try:
+        yield
+    finally:
+        service.stopping()
+        await asyncio.to_thread(server.stop)
+        await service.stop()
+
+
+class Service:
+    """The running exporter: config, state, scheduler, registry; the HTTP layer's backend."""
+
+    def __init__(self, config: Config, config_path: str, probe_fn: ProbeFn = default_probe) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.state = ServiceState()
+        self._probe_fn = probe_fn
+        self._scheduler = Scheduler(self.state, concurrency=config.concurrency, probe_fn=probe_fn)
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(SmtpTlsCollector(self.state.snapshot))
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = False
+        self._reload_lock = asyncio.Lock()
+        self._on_demand = threading.BoundedSemaphore(ON_DEMAND_LIMIT)
+        self._on_demand_tasks: set[asyncio.Task[Any]] = set()
+
+    # -- life cycle, on the loop ------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self._scheduler.update(self.config.targets, self.config.concurrency)
+        self.state.reload_success = True
+        self.state.reload_success_timestamp = time.time()
+        self._ready = True
+        log.info(
+            "started",
+            extra={"config": self.config_path, "targets": len(self.config.targets)},
+        )
+
+    def stopping(self) -> None:
+        self._ready = False
+
+    async def stop(self) -> None:
+        self._ready = False
+        for task in list(self._on_demand_tasks):
+            task.cancel()
+        await self._scheduler.stop()
+
+    async def reload_async(self) -> tuple[bool, str]:
+        """Load the config file again; on any problem keep the running config."""
+        async with self._reload_lock:
+            try:
+                config = await asyncio.to_thread(load_config, self.config_path)
+            except ConfigError as exc:
+                self.state.reload_success = False
+                log.error(
+                    "reload failed; keeping the running config",
+                    extra={"config": self.config_path, "problems": str(exc)},
+                )
+                return False, f"{self.config_path}: invalid config, not loaded:\n{exc}"
+            before = {t.name: t for t in self.config.targets}
+            after = {t.name: t for t in config.targets}
+            await self._scheduler.update(config.targets, config.concurrency)
+            self.config = config
+            self.state.reload_success = True
+            self.state.reload_success_timestamp = time.time()
+            changes = {
+                "added": after.keys() - before.keys(),
+                "removed": before.keys() - after.keys(),
+                "changed": {n for n in after.keys() & before.keys() if after[n] != before[n]},
+            }
+            log.info(
+                "config reloaded",
+                extra={
+                    "config": self.config_path,
+                    "targets": len(config.targets),
+                    **{k: ",".join(sorted(v)) for k, v in changes.items() if v},
+                },
+            )
+            return True, f"{self.config_path}: reloaded ({len(config.targets)} targets)"
+
+    # -- the HTTP layer's backend, called from its threads ----------------------------------
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        return self._registry
+
+    def snapshot(self) -> Snapshot:
+        return self.state.snapshot()
+
+    def ready(self) -> bool:
+        return self._ready
+
+    def reload(self) -> tuple[bool, str]:
+        try:
+            return self._submit(self.reload_async()).result(RELOAD_TIMEOUT)
+        except (concurrent.futures.CancelledError, RuntimeError):
+            return False, "the exporter is shutting down"
+        except TimeoutError:
+            return False, f"the reload did not finish within {RELOAD_TIMEOUT:g}s"
+
+    def probe(self, target: str, scrape_timeout: float | None) -> ProbeResult:
+        chosen = self.on_demand_target(target)
+        if scrape_timeout is not None:
+            budget = scrape_timeout - SCRAPE_TIMEOUT_OFFSET
+            if budget <= 0:
+                raise ProbeRefused(
+                    HTTPStatus.BAD_REQUEST, f"scrape timeout {scrape_timeout:g}s is too short"
+                )
+            chosen = dataclasses.replace(chosen, timeout=min(chosen.timeout, budget))
+        if not self._on_demand.acquire(blocking=False):
+            raise ProbeRefused(
+                HTTPStatus.TOO_MANY_REQUESTS,
+                f"{ON_DEMAND_LIMIT} on-demand probes are already running; try again later",
+            )
+        try:
+            future = self._submit(self._run_on_demand(chosen))
+            try:
+                result = future.result(chosen.timeout + PROBE_GRACE)
+            except TimeoutError:
+                future.cancel()
+                raise ProbeRefused(
+                    HTTPStatus.GATEWAY_TIMEOUT, f"{chosen.name}: the probe did not return in time"
+                ) from None
+            except concurrent.futures.CancelledError:
+                raise ProbeRefused(
+                    HTTPStatus.SERVICE_UNAVAILABLE, "the exporter is shutting down"
+                ) from None
+        except RuntimeError:  # the loop is closed
+            raise ProbeRefused(
+                HTTPStatus.SERVICE_UNAVAILABLE, "the exporter is shutting down"
+            ) from None
+        finally:
+            self._on_demand.release()
+        log_result(result)
+        return result
+
+    def probe_registry(self, result: ProbeResult) -> CollectorRegistry:
+        snap = Snapshot(
+            targets=(result.target,),
+            results={result.target.name: result},
+            probes_total={},
+            reload_success=True,
+            reload_success_timestamp=None,
+            scheduler_lag_seconds=0.0,
+            scheduler_lag_max_seconds=0.0,
+        )
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_EndpointOnly(SmtpTlsCollector(lambda: snap)))
+        return registry
+
+    def on_demand_target(self, spec: str) -> Target:
+        """The target `/probe?target=spec` may probe: a configured one, or a permitted host.
+
+        A name matches a configured target's name. Otherwise `spec` must be host:port whose
+        host (compared as written: nothing is resolved to decide) is a configured target's host
+        or is in `probe_allowlist`; anything else is refused, so that the exporter cannot be
+        made to probe arbitrary hosts. A new port of a configured host inherits that target's
+        server name, CA file, EHLO name and timeout.
+        """
+        config = self.config
+        for t in config.targets:
+            if t.name == spec:
+                return t
+        try:
+            host, port = parse_host_port(spec)
+        except ValueError:
+            raise ProbeRefused(
+                HTTPStatus.NOT_FOUND,
+                f"no configured target named {spec!r} (and it is not host:port)",
+            ) from None
+        key = _host_key(host)
+        same_host = [t for t in config.targets if _host_key(t.host) == key]
+        for t in same_host:
+            if t.port == port:
+                return t
+        if same_host:
+            t = same_host[0]
+            return Target.create(
+                host,
+                port,
+                server_name=t.server_name,
+                ca_file=t.ca_file,
+                ehlo_name=t.ehlo_name,
+                timeout=t.timeout,
+            )
+        if key in {_host_key(h) for h in config.probe_allowlist}:
+            return Target.create(host, port, timeout=DEFAULT_TIMEOUT)
+        raise ProbeRefused(
+            HTTPStatus.FORBIDDEN,
+            f"{host} is neither a configured target's host nor in probe_allowlist; "
+            "this exporter probes only hosts its config names",
+        )
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            coro.close()
+            raise RuntimeError("the event loop is not running")
+        return asyncio.run_coroutine_threadsafe(coro, loop)
+
+    async def _run_on_demand(self, target: Target) -> ProbeResult:
+        task = asyncio.current_task()
+        assert task is not None
+        self._on_demand_tasks.add(task)
+        try:
+            return await self._probe_fn(target)
+        finally:
+            self._on_demand_tasks.discard(task)
+
+
+class _EndpointOnly(Collector):
+    """The collector's per-endpoint families only, for a /probe answer."""
+
+    def __init__(self, inner: Collector) -> None:
+        self._inner = inner
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._inner.collect():
+            if not family.name.startswith(_EXPORTER_PREFIX):
+                yield family
+
+
+def _host_key(host: str) -> str:
+    return host.strip("[]").rstrip(".").lower()

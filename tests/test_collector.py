@@ -572,3 +572,15 @@ def test_docs_types_and_examples_match_the_exposition() -> None:
             (sample,) = family.samples
             assert sample.name == name, line
             assert set(sample.labels) == label_names, f"{name}: example labels differ"
+
+
+def test_on_demand_answer_has_endpoint_families_only_and_says_so() -> None:
+    state = make_state(starttls_ok())
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(SmtpTlsCollector(state.snapshot, on_demand=True))
+    names = {m.name for m in registry.collect()}
+    assert "smtp_tls_probe_success" in names
+    assert not any(n.startswith("smtp_tls_exporter_") for n in names)
+    texts = [m.documentation for m in registry.collect()]
+    assert all("scheduled" not in t for t in texts)
+    assert any("this on-demand probe" in t for t in texts)

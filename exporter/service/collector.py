@@ -83,10 +83,16 @@ class SmtpTlsCollector(Collector):
     """Builds every family afresh per scrape from `snapshot()`; `clock` gives the scrape time."""
 
     def __init__(
-        self, snapshot: Callable[[], Snapshot], clock: Callable[[], float] = time.time
+        self,
+        snapshot: Callable[[], Snapshot],
+        clock: Callable[[], float] = time.time,
+        *,
+        on_demand: bool = False,
     ) -> None:
         self._snapshot = snapshot
         self._clock = clock
+        # For a /probe answer: the endpoint families only, and HELP texts that say so.
+        self._on_demand = on_demand
 
     def describe(self) -> list[Metric]:
         # Nothing to declare up front: registering must not call collect() (and so the state).
@@ -95,8 +101,12 @@ class SmtpTlsCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         snap = self._snapshot()
         now = self._clock()
-        yield from _exporter_families(snap)
-        families = {name: GaugeMetricFamily(name, text) for name, text in _ENDPOINT_HELP.items()}
+        if not self._on_demand:
+            yield from _exporter_families(snap)
+        families = {
+            name: GaugeMetricFamily(name, _help(text, self._on_demand))
+            for name, text in _ENDPOINT_HELP.items()
+        }
         for target in snap.targets:
             result = snap.results.get(target.name)
             # A result of an earlier definition of a target with this name (changed by a reload)
@@ -104,6 +114,14 @@ class SmtpTlsCollector(Collector):
             if result is not None and result.target == target:
                 _endpoint_samples(families, result, now)
         yield from (f for f in families.values() if f.samples)
+
+
+def _help(text: str, on_demand: bool) -> str:
+    if not on_demand:
+        return text
+    return text.replace(_FROM_PROBE, "from this on-demand probe").replace(
+        "the last scheduled probe", "this on-demand probe"
+    )
 
 
 def _exporter_families(snap: Snapshot) -> Iterator[Metric]:

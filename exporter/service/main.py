@@ -18,12 +18,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine
 from http import HTTPStatus
 from typing import Any, TypeVar
 
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
 from exporter.config import DEFAULT_TIMEOUT, Config, ConfigError, load_config
@@ -50,7 +49,6 @@ PROBE_GRACE = 5.0
 RELOAD_TIMEOUT = 60.0
 # The collector's own-process families, left out of a /probe answer (they describe the exporter,
 # not that probe; blackbox_exporter keeps them on /metrics only).
-_EXPORTER_PREFIX = "smtp_tls_exporter_"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -322,7 +320,7 @@ class Service:
             scheduler_lag_max_seconds=0.0,
         )
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_EndpointOnly(SmtpTlsCollector(lambda: snap)))
+        registry.register(SmtpTlsCollector(lambda: snap, on_demand=True))
         return registry
 
     def on_demand_target(self, spec: str) -> Target:
@@ -385,18 +383,6 @@ class Service:
             return await self._probe_fn(target)
         finally:
             self._on_demand_tasks.discard(task)
-
-
-class _EndpointOnly(Collector):
-    """The collector's per-endpoint families only, for a /probe answer."""
-
-    def __init__(self, inner: Collector) -> None:
-        self._inner = inner
-
-    def collect(self) -> Iterator[Metric]:
-        for family in self._inner.collect():
-            if not family.name.startswith(_EXPORTER_PREFIX):
-                yield family
 
 
 def _host_key(host: str) -> str:

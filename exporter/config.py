@@ -52,11 +52,32 @@ _TARGET_KEYS = (
 
 
 @dataclass(frozen=True)
+class TargetDefaults:
+    """The `defaults:` that a target not in the config (an allowlisted /probe host) gets."""
+
+    timeout: float = DEFAULT_TIMEOUT
+    ehlo_name: str | None = None
+    ca_file: str | None = None
+    verify: VerifyPolicy | None = None  # None: by port
+
+    def target(self, host: str, port: int) -> Target:
+        return Target.create(
+            host,
+            port,
+            timeout=self.timeout,
+            ehlo_name=self.ehlo_name,
+            ca_file=self.ca_file,
+            verify=self.verify,
+        )
+
+
+@dataclass(frozen=True)
 class Config:
     targets: tuple[Target, ...]
     concurrency: int  # max probes in flight at once
     probe_allowlist: tuple[str, ...]  # hosts /probe may probe besides the configured targets'
     source: str  # the file's path, or "<string>"
+    defaults: TargetDefaults = TargetDefaults()
 
 
 class ConfigError(Exception):
@@ -216,7 +237,12 @@ class _Reader:
             self.p.add("targets", "missing (an empty list is allowed)")
         targets = self.targets(top.get("targets"), defaults)
         allowlist = self.allowlist(top.get("probe_allowlist"))
-        return Config(tuple(targets), defaults.concurrency, tuple(allowlist), source)
+        target_defaults = TargetDefaults(
+            defaults.timeout, defaults.ehlo_name, defaults.ca_file, defaults.verify
+        )
+        return Config(
+            tuple(targets), defaults.concurrency, tuple(allowlist), source, target_defaults
+        )
 
     # --- sections ---
 

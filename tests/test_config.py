@@ -549,3 +549,16 @@ def test_example_with_every_option_enabled_loads(ca_pem: Path) -> None:
     # Public names appear only in what is commented out.
     public = [t.host for t in config.targets if t.host != "localhost"]
     assert public and all(h.endswith(".example.com") for h in public)
+
+
+def test_defaults_apply_to_hosts_outside_the_config(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(trustme.CA().cert_pem.bytes())
+    config = parse_config(
+        f"defaults:\n  timeout: 3s\n  ehlo_name: probe.example.test\n  ca_file: {ca}\n"
+        "  verify: required\ntargets: []\nprobe_allowlist: [127.0.0.2]\n"
+    )
+    target = config.defaults.target("127.0.0.2", 25)
+    assert (target.timeout, target.ehlo_name) == (3.0, "probe.example.test")
+    assert target.ca_file == str(ca)
+    assert target.verify is VerifyPolicy.REQUIRED

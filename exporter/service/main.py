@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
-from exporter.config import DEFAULT_TIMEOUT, Config, ConfigError, load_config
+from exporter.config import Config, ConfigError, load_config
 from exporter.model import ProbeResult, Target, join_host_port, parse_host_port
 from exporter.probe import probe as default_probe
 from exporter.service.collector import SmtpTlsCollector
@@ -359,7 +359,7 @@ class Service:
                 timeout=t.timeout,
             )
         if key in {_host_key(h) for h in config.probe_allowlist}:
-            return Target.create(host, port, timeout=DEFAULT_TIMEOUT)
+            return config.defaults.target(host, port)
         raise ProbeRefused(
             HTTPStatus.FORBIDDEN,
             f"{host} is neither a configured target's host nor in probe_allowlist; "

@@ -1,4 +1,4 @@
-"""Command line: `probe` for one-shot checks; without a command, the exporter service."""
+"""Command line: `probe` and `check-domain` for one-shot checks; else the exporter service."""
 
 from __future__ import annotations
 
@@ -19,6 +19,10 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "probe":
         return probe_command(args[1:])
+    if args and args[0] == "check-domain":
+        from exporter.domains.command import check_domain_command
+
+        return check_domain_command(args[1:])
     from exporter.service.main import serve_command
 
     return serve_command(args)

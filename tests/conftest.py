@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import trustme
 
-pytest_plugins = ["tests.fixtures.postfix", "tests.fixtures.dns"]
+pytest_plugins = ["tests.fixtures.postfix", "tests.fixtures.dns", "tests.fixtures.zone"]
 
 IN_CI = os.environ.get("CI") == "true"
 

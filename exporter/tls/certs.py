@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
@@ -25,6 +26,15 @@ def describe(der: bytes) -> CertFacts:
 
 
 def describe_loaded(cert: x509.Certificate, der: bytes) -> CertFacts:
+    """Facts about a loaded certificate. Raises CertificateError on a field that cannot be read
+    (cryptography parses fields lazily, so a damaged one surfaces only when it is read)."""
+    try:
+        return _describe(cert, der)
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise CertificateError(f"unreadable certificate field: {exc}") from exc
+
+
+def _describe(cert: x509.Certificate, der: bytes) -> CertFacts:
     key_type, key_bits = _key(cert)
     dns, ips = _sans(cert)
     return CertFacts(
@@ -80,7 +90,7 @@ def _sans(cert: x509.Certificate) -> tuple[tuple[str, ...], tuple[str, ...]]:
 def _key(cert: x509.Certificate) -> tuple[str, int | None]:
     try:
         key = cert.public_key()
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         return "unknown", None
     if isinstance(key, rsa.RSAPublicKey):
         return "RSA", key.key_size
@@ -96,6 +106,9 @@ def _key(cert: x509.Certificate) -> tuple[str, int | None]:
 
 
 def _signature_algorithm(cert: x509.Certificate) -> str:
-    oid = cert.signature_algorithm_oid
+    try:
+        oid = cert.signature_algorithm_oid
+    except ValueError:
+        return "unknown"
     name = getattr(oid, "_name", None)
     return name if isinstance(name, str) and name != "Unknown OID" else oid.dotted_string

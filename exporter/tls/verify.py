@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509 import verification as xv
 from cryptography.x509.oid import AuthorityInformationAccessOID
@@ -176,7 +177,7 @@ def _trusted(
     )
     try:
         verifier.verify(leaf, intermediates)
-    except xv.VerificationError as exc:
+    except (xv.VerificationError, ValueError, UnsupportedAlgorithm) as exc:
         return False, str(exc)
     return True, ""
 
@@ -202,7 +203,7 @@ def hostname_matches(leaf: x509.Certificate, server_name: str) -> bool:
             .build_server_verifier(subject)
         )
         verifier.verify(leaf, [])
-    except (xv.VerificationError, ValueError):
+    except (xv.VerificationError, ValueError, UnsupportedAlgorithm):
         return False
     return True
 

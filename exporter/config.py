@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from exporter.domains.config import DnsConfig, DomainConfig, read_dns, read_domains
 from exporter.model import Mode, Target, VerifyPolicy, parse_host_port
 from exporter.tls.verify import TrustStoreError, load_trust_store
 
@@ -24,7 +25,8 @@ DEFAULT_CONCURRENCY = 50
 RESERVED_LABELS = frozenset(
     {
         *("target", "host", "port", "mode"),  # on every per-endpoint series
-        *("domain", "mx_preference"),  # for the domain targets of a later issue
+        *("domain", "mx_preference"),  # on a mail domain's series and its MX probes' series
+        *("mx", "id"),  # smtp_tls_mta_sts_mx_*, smtp_tls_mta_sts_policy_id_info
         *("stage", "reason", "phase", "version", "cipher"),  # on one metric each
         *("subject", "issuer", "serial", "fingerprint_sha256"),  # smtp_tls_cert_info
         *("key_type", "key_bits", "signature_algorithm"),
@@ -43,7 +45,7 @@ _DURATION = re.compile("".join(f"(?:{_NUMBER}{unit})?" for unit in _UNIT_SECONDS
 
 _E = TypeVar("_E", Mode, VerifyPolicy)
 
-_TOP_KEYS = ("defaults", "targets", "probe_allowlist")
+_TOP_KEYS = ("defaults", "dns", "targets", "domains", "probe_allowlist")
 _DEFAULT_KEYS = ("interval", "timeout", "ehlo_name", "ca_file", "verify", "concurrency")
 _TARGET_KEYS = (
     *("name", "host", "port", "mode", "server_name", "verify", "ca_file"),
@@ -78,6 +80,8 @@ class Config:
     probe_allowlist: tuple[str, ...]  # hosts /probe may probe besides the configured targets'
     source: str  # the file's path, or "<string>"
     defaults: TargetDefaults = TargetDefaults()
+    dns: DnsConfig = field(default_factory=DnsConfig)  # for every lookup the exporter makes
+    domains: tuple[DomainConfig, ...] = ()  # mail domains (docs/domains.md)
 
 
 class ConfigError(Exception):
@@ -233,15 +237,23 @@ class _Reader:
         if top is None:
             return None
         defaults = self.defaults(top.get("defaults"))
+        dns = read_dns(self, top.get("dns"))
         if "targets" not in top:
             self.p.add("targets", "missing (an empty list is allowed)")
         targets = self.targets(top.get("targets"), defaults)
+        domains = read_domains(self, top.get("domains"), defaults)
         allowlist = self.allowlist(top.get("probe_allowlist"))
         target_defaults = TargetDefaults(
             defaults.timeout, defaults.ehlo_name, defaults.ca_file, defaults.verify
         )
         return Config(
-            tuple(targets), defaults.concurrency, tuple(allowlist), source, target_defaults
+            tuple(targets),
+            defaults.concurrency,
+            tuple(allowlist),
+            source,
+            target_defaults,
+            dns,
+            domains,
         )
 
     # --- sections ---
@@ -387,6 +399,14 @@ class _Reader:
         return labels
 
     # --- values ---
+
+    @staticmethod
+    def show(value: object) -> str:
+        return _show(value)
+
+    @staticmethod
+    def show_duration(seconds: float) -> str:
+        return format_duration(seconds)
 
     def mapping(
         self,

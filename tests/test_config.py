@@ -19,6 +19,7 @@ from exporter.config import (
     parse_config,
     parse_duration,
 )
+from exporter.domains.config import DNS_KEYS, DOMAIN_KEYS, DnsConfig, DomainConfig
 from exporter.model import Mode, Target, VerifyPolicy
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yml"
@@ -55,9 +56,8 @@ INVALID = [
         id="no-targets",
     ),
     pytest.param(
-        # dns and domains are reserved for a later issue; until then they are unknown.
-        "targets: []\ndns: {}\ndomains: []\ntarget: []\n",
-        ["dns: unknown key", "domains: unknown key", "target: unknown key"],
+        "targets: []\ndns: {}\ndomains: []\ntarget: []\ndomain: []\n",
+        ["target: unknown key", "domain: unknown key"],
         id="unknown-top-level",
     ),
     pytest.param(
@@ -262,6 +262,134 @@ INVALID = [
         id="allowlist-mapping",
     ),
     pytest.param(
+        """\
+        dns:
+          nameservers:
+            - 127.0.0.1
+            - "127.0.0.1:5353"
+            - ns1.example.test
+            - "127.0.0.2:99999"
+            - "[::1]:5353"
+            - "::1"
+            - 53
+            - "[::1"
+          timeout: 0s
+          retries: 3
+        targets: []
+        """,
+        [
+            "dns.retries: unknown key",
+            'dns.timeout: "0s" is not a positive duration',
+            "dns.nameservers[1]: 127.0.0.1 is listed twice (also dns.nameservers[0])",
+            'dns.nameservers[2]: "ns1.example.test" is not an IP address or IP:port ([IPv6]:port)',
+            'dns.nameservers[3]: "127.0.0.2:99999" is not an IP address or IP:port ([IPv6]:port)'
+            " ('99999' is not a port)",
+            "dns.nameservers[5]: ::1 is listed twice (also dns.nameservers[4])",
+            "dns.nameservers[6]: expected an IP address or IP:port ([IPv6]:port), got 53",
+            'dns.nameservers[7]: "[::1" is not an IP address or IP:port ([IPv6]:port)'
+            " (unclosed '[')",
+        ],
+        id="dns-entries",
+    ),
+    pytest.param(
+        "dns: [127.0.0.1]\ntargets: []\n",
+        ["dns: expected a mapping, got a list"],
+        id="dns-list",
+    ),
+    pytest.param(
+        "dns:\n  nameservers: 127.0.0.1\ntargets: []\n",
+        ['dns.nameservers: expected a list, got "127.0.0.1"'],
+        id="dns-nameservers-scalar",
+    ),
+    pytest.param(
+        "targets: []\ndomains: {example.test: {}}\n",
+        ["domains: expected a list, got a mapping"],
+        id="domains-mapping",
+    ),
+    pytest.param(
+        """\
+        targets: []
+        domains:
+          - example.test
+          - localhost
+          - "mail domain.test"
+          - "bücher.example"
+          - 192.0.2.1
+          - _mta-sts.example.test
+          - 25
+          -
+          - interval: 1h
+          - name: [a]
+          - name: Example.TEST.
+        """,
+        [
+            'domains[1]: "localhost" is not a domain name (two or more labels of letters, digits'
+            " and hyphens)",
+            'domains[2]: "mail domain.test" is not a domain name (two or more labels of letters,'
+            " digits and hyphens)",
+            'domains[3]: "bücher.example" is not a domain name (two or more labels of letters,'
+            " digits and hyphens)",
+            'domains[5]: "_mta-sts.example.test" is not a domain name (two or more labels of'
+            " letters, digits and hyphens)",
+            "domains[6]: expected a domain name or a mapping, got 25",
+            "domains[7]: expected a domain name or a mapping, got null",
+            "domains[8].name: missing",
+            "domains[9].name: a list is not a domain name (two or more labels of letters, digits"
+            " and hyphens)",
+            'domains[10].name: duplicate domain "example.test" (also domains[0])',
+        ],
+        id="domain-names",
+    ),
+    pytest.param(
+        """\
+        targets: []
+        domains:
+          - name: a.example.test
+            interval: 5x
+            mx_interval: 0
+            timeout: -1
+            probe_mx: "no"
+            ehlo_name: "a b"
+            ca_file: ""
+            labels: {domain: x, mx: y, id: z, mx_preference: w, mode: v, ok: "1"}
+            colour: blue
+          - name: b.example.test
+            interval: 5s
+          - name: c.example.test
+            timeout: 2h
+          - name: d.example.test
+            mx_interval: 5s
+          - name: e.example.test
+            mx_interval: 5s
+            probe_mx: false
+          - name: f.example.test
+            timeout: 30s
+            mx_interval: 20s
+            interval: 25s
+        """,
+        [
+            "domains[0].colour: unknown key",
+            'domains[0].interval: "5x" is not a duration',
+            "domains[0].mx_interval: 0 is not a positive duration",
+            "domains[0].timeout: -1 is not a duration",
+            'domains[0].probe_mx: "no" is not true or false',
+            'domains[0].ca_file: "" is not a file path',
+            'domains[0].ehlo_name: "a b" is not a domain or an address literal like [192.0.2.1]',
+            "domains[0].labels.domain: reserved: the exporter sets this label itself",
+            "domains[0].labels.mx: reserved: the exporter sets this label itself",
+            "domains[0].labels.id: reserved: the exporter sets this label itself",
+            "domains[0].labels.mx_preference: reserved: the exporter sets this label itself",
+            "domains[0].labels.mode: reserved: the exporter sets this label itself",
+            "domains[1].interval: 5s is shorter than the timeout (10s)",
+            "domains[2].timeout: 2h is longer than the interval (1h)",
+            "domains[2].timeout: 2h is longer than the mx_interval (1m)",
+            "domains[3].mx_interval: 5s is shorter than the timeout (10s)",
+            "domains[5].timeout: 30s is longer than the interval (25s)",
+            "domains[5].timeout: 30s is longer than the mx_interval (20s)",
+        ],
+        id="every-domain-problem-at-once",
+    ),
+    pytest.param(
         "targets:\n  - a:25\n - b:25\n",
         [
             "line 3, column 2: expected <block end>, but found '<block sequence start>'"
@@ -419,6 +547,65 @@ def test_defaults_apply_and_targets_override(ca_pem: Path) -> None:
     )
 
 
+def test_domains_and_dns_with_defaults_and_overrides(ca_pem: Path) -> None:
+    text = f"""\
+        defaults:
+          interval: 2m
+          timeout: 20s
+          ehlo_name: monitor.example.test
+          ca_file: {ca_pem}
+        dns:
+          nameservers: ["127.0.0.1:5353", "::1", "[2001:db8::53]:5353"]
+          timeout: 1500ms
+        targets: []
+        domains:
+          - Example.TEST.
+          - name: other.example.test
+            interval: 6h
+            probe_mx: false
+            mx_interval: 10m
+            timeout: 5s
+            ehlo_name: "[127.0.0.1]"
+            labels: {{team: mail}}
+        """
+    config = parse_config(textwrap.dedent(text))
+    assert config.dns == DnsConfig(
+        (("127.0.0.1", 5353), ("::1", 53), ("2001:db8::53", 5353)), timeout=1.5
+    )
+    assert config.domains == (
+        DomainConfig(
+            name="example.test",  # lower case, no trailing dot
+            interval=3600.0,
+            probe_mx=True,
+            mx_interval=120.0,  # defaults.interval
+            timeout=20.0,
+            ca_file=str(ca_pem),
+            ehlo_name="monitor.example.test",
+        ),
+        DomainConfig(
+            name="other.example.test",
+            interval=6 * 3600.0,
+            probe_mx=False,
+            mx_interval=600.0,
+            timeout=5.0,
+            ca_file=str(ca_pem),
+            ehlo_name="[127.0.0.1]",
+            labels=(("team", "mail"),),
+        ),
+    )
+
+
+def test_without_dns_the_system_resolver_and_no_domains() -> None:
+    for text in (
+        "targets: []\n",
+        "dns:\ntargets: []\ndomains:\n",
+        "dns: {nameservers: []}\ntargets: []\n",
+    ):
+        config = parse_config(text)
+        assert config.dns == DnsConfig((), 5.0)
+        assert config.domains == ()
+
+
 def test_empty_sections_are_allowed() -> None:
     config = parse_config("defaults:\ntargets:\nprobe_allowlist:\n")
     assert config == Config((), 50, (), "<string>")
@@ -542,6 +729,9 @@ def test_example_with_every_option_enabled_loads(ca_pem: Path) -> None:
     assert set(raw["defaults"]) == set(config_module._DEFAULT_KEYS)
     mappings = [t for t in raw["targets"] if isinstance(t, dict)]
     assert [set(t) for t in mappings] == [set(config_module._TARGET_KEYS)]
+    assert set(raw["dns"]) == set(DNS_KEYS)
+    domain_mappings = [d for d in raw["domains"] if isinstance(d, dict)]
+    assert [set(d) for d in domain_mappings] == [set(DOMAIN_KEYS)]
     config = parse_config(text)
     names = [t.name for t in config.targets]
     assert names[:3] == ["localhost:25", "localhost:465", "localhost:587"]
@@ -549,6 +739,19 @@ def test_example_with_every_option_enabled_loads(ca_pem: Path) -> None:
     # Public names appear only in what is commented out.
     public = [t.host for t in config.targets if t.host != "localhost"]
     assert public and all(h.endswith(".example.com") for h in public)
+    assert [d.name for d in config.domains] == ["example.com", "example.org"]
+    assert config.dns.nameservers == (
+        ("192.0.2.53", 53),
+        ("192.0.2.54", 5353),
+        ("2001:db8::53", 53),
+    )
+
+
+def test_example_touches_nothing_remote() -> None:
+    # Active as shipped: the local MTA only, no mail domain, the system's DNS.
+    config = load_config(str(EXAMPLE))
+    assert config.domains == ()
+    assert config.dns == DnsConfig()
 
 
 def test_defaults_apply_to_hosts_outside_the_config(tmp_path: Path) -> None:

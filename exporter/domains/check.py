@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -51,6 +52,9 @@ SMTP_PORT = 25  # MTA-STS concerns inbound MX hosts on port 25 (RFC 8461 section
 # A policy younger than this share of the refresh interval is reused: checks on a fixed grid
 # land a little early or late, and "just under one interval" must count as one interval.
 _FRESH_SHARE = 0.95
+_DOMAIN = re.compile(
+    r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+"
+)
 
 
 @dataclass(frozen=True)
@@ -225,6 +229,11 @@ class DomainChecker:
 
 def normalize_domain(domain: str) -> str:
     return domain.strip().lower().removesuffix(".")
+
+
+def is_domain_name(domain: str) -> bool:
+    """A normalized mail domain: two or more A-labels (letters, digits, inner hyphens)."""
+    return _DOMAIN.fullmatch(domain) is not None
 
 
 def _dns_failure(exc: DnsError) -> CheckFailure:

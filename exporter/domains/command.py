@@ -7,20 +7,15 @@ import asyncio
 import ipaddress
 import json
 import logging
-import re
 
 import dns.resolver
 
 from exporter import __version__
-from exporter.domains.check import DomainChecker, normalize_domain
+from exporter.domains.check import DomainChecker, is_domain_name, normalize_domain
 from exporter.domains.fetch import Dns
 from exporter.domains.report import problems, render_text, to_json
 from exporter.model import parse_host_port
 from exporter.tls.verify import TrustStoreError, load_trust_store
-
-_DOMAIN = re.compile(
-    r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+"
-)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,7 +66,7 @@ def check_domain_command(argv: list[str]) -> int:
     parser = _parser()
     args = parser.parse_args(argv)  # exits 2 on bad usage
     domain = normalize_domain(args.domain)
-    if not _DOMAIN.fullmatch(domain):
+    if not is_domain_name(domain):
         parser.error(f"{args.domain!r} is not a domain name (A-labels: letters, digits, hyphens)")
     if not args.timeout > 0:
         parser.error("--timeout must be positive")

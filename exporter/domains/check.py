@@ -9,7 +9,6 @@ returns a DomainResult that says so; only a bug (or cancellation) makes it raise
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -43,8 +42,6 @@ from exporter.domains.mta_sts import (
 from exporter.domains.tlsrpt import TLSRPT_VERSION, select_tlsrpt_record
 from exporter.model import ProbeResult, Target, VerifyPolicy
 from exporter.probe import probe
-
-log = logging.getLogger(__name__)
 
 ProbeFn = Callable[[Target], Awaitable[ProbeResult]]
 
@@ -161,9 +158,7 @@ class DomainChecker:
         )
         if probe_mx:
             result = await self.probe_mx(result)
-        result = replace(result, duration=time.monotonic() - t0)
-        _log_result(result)
-        return result
+        return replace(result, duration=time.monotonic() - t0)
 
     async def probe_mx(self, result: DomainResult) -> DomainResult:
         """`result` with every MX host probed afresh (concurrently: they are different hosts)."""
@@ -286,17 +281,3 @@ def mx_checks(
 def with_probes(result: DomainResult, probes: Mapping[str, ProbeResult]) -> DomainResult:
     """`result` with these probe results (MX host name -> result) in its MX verdicts."""
     return replace(result, mx_checks=mx_checks(result.mx, result.sts.policy, probes))
-
-
-def _log_result(r: DomainResult) -> None:
-    if r.sts.failure is not None and r.sts.failure.reason is not CheckReason.NO_RECORD:
-        log.warning(
-            "domain %s: MTA-STS %s: %s", r.domain, r.sts.failure.reason, r.sts.failure.detail
-        )
-    if r.mx.status is MxStatus.ERROR:
-        log.warning("domain %s: MX lookup failed: %s", r.domain, r.mx.detail)
-    for c in r.mx_checks:
-        if c.policy_match is False:
-            log.warning("domain %s: MX %s matches no mx pattern of the policy", r.domain, c.name)
-        if c.compliant is False:
-            log.warning("domain %s: MX %s is not MTA-STS compliant", r.domain, c.name)

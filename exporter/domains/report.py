@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from exporter.domains.model import (
@@ -36,34 +37,50 @@ def why_not_compliant(result: ProbeResult) -> str:
     return "compliant"
 
 
-def problems(r: DomainResult) -> list[str]:
-    """What an operator should fix, one line each; empty when all is well. A domain without
-    MTA-STS or TLS-RPT records is not a problem; a broken record or policy is."""
-    out: list[str] = []
+@dataclass(frozen=True)
+class Finding:
+    """One problem found: `code` from a closed list (docs/domains.md), `text` for people."""
+
+    code: str
+    text: str
+
+
+def findings(r: DomainResult) -> list[Finding]:
+    """What an operator should fix, most fundamental first; empty when all is well. A domain
+    without MTA-STS or TLS-RPT records is not a problem; a broken record or policy is. Codes:
+    `mx_lookup_failed`, `no_mx`, an MTA-STS failure reason (`multiple_records` ... `timeout`),
+    `invalid_mx_pattern`, `mx_mismatch`, `mx_not_compliant`, `tlsrpt_invalid`."""
+    out: list[Finding] = []
     if r.mx.status in (MxStatus.ERROR, MxStatus.NONE):
-        out.append(f"MX: {r.mx.detail}")
+        code = "mx_lookup_failed" if r.mx.status is MxStatus.ERROR else "no_mx"
+        out.append(Finding(code, f"MX: {r.mx.detail}"))
     sts = r.sts
     if sts.failure is not None and sts.failure.reason is not CheckReason.NO_RECORD:
-        out.append(f"MTA-STS {sts.failure.reason}: {sts.failure.detail}")
+        text = f"MTA-STS {sts.failure.reason}: {sts.failure.detail}"
+        out.append(Finding(str(sts.failure.reason), text))
     if sts.policy is not None:
         for p in sts.policy.invalid_mx:
-            out.append(f"MTA-STS policy: mx {p.pattern!r} is ignored by senders: {p.why}")
+            text = f"MTA-STS policy: mx {p.pattern!r} is ignored by senders: {p.why}"
+            out.append(Finding("invalid_mx_pattern", text))
     for c in r.mx_checks:
         if c.policy_match is False and sts.state in (StsState.ENFORCE, StsState.TESTING):
-            out.append(
-                f"MX {c.name} matches no mx pattern of the {sts.state} policy"
-                + (
-                    ": MTA-STS senders will not deliver to it"
-                    if sts.state is StsState.ENFORCE
-                    else ""
-                )
+            text = f"MX {c.name} matches no mx pattern of the {sts.state} policy" + (
+                ": MTA-STS senders will not deliver to it" if sts.state is StsState.ENFORCE else ""
             )
+            out.append(Finding("mx_mismatch", text))
         if c.compliant is False and c.probe is not None:
-            out.append(f"MX {c.name} is not MTA-STS compliant: {why_not_compliant(c.probe)}")
+            text = f"MX {c.name} is not MTA-STS compliant: {why_not_compliant(c.probe)}"
+            out.append(Finding("mx_not_compliant", text))
     rpt = r.tlsrpt
     if rpt.failure is not None and rpt.failure.reason is not CheckReason.NO_RECORD:
-        out.append(f"TLS-RPT {rpt.failure.reason}: {rpt.failure.detail}")
+        text = f"TLS-RPT {rpt.failure.reason}: {rpt.failure.detail}"
+        out.append(Finding("tlsrpt_invalid", text))
     return out
+
+
+def problems(r: DomainResult) -> list[str]:
+    """The findings' texts, one line each."""
+    return [f.text for f in findings(r)]
 
 
 def to_json(r: DomainResult, now: float | None = None) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from http import HTTPStatus
 from typing import Any, TypeVar
 
@@ -26,11 +26,17 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
 from exporter.config import Config, ConfigError, load_config
-from exporter.model import ProbeResult, Target, join_host_port, parse_host_port
-from exporter.probe import probe as default_probe
+from exporter.domains.check import DomainChecker
+from exporter.domains.config import DnsConfig, DomainConfig
+from exporter.domains.fetch import Dns
+from exporter.model import ProbeResult, Target, join_host_port
+from exporter.probe import probe
 from exporter.service.collector import SmtpTlsCollector
+from exporter.service.domain_scheduler import CheckerFactory, DomainScheduler
 from exporter.service.http import HttpServer, ProbeRefused
 from exporter.service.logs import FORMATS, LEVELS, setup_logging
+from exporter.service.on_demand import choose_target, on_demand_registry
+from exporter.service.resolvers import domain_dns, endpoint_resolver
 from exporter.service.scheduler import ProbeFn, Scheduler, log_result
 from exporter.service.state import ServiceState, Snapshot
 
@@ -121,8 +127,14 @@ def check_config(path: str) -> int:
     except ConfigError as exc:
         _print_problems(path, exc)
         return 1
-    print(f"{path}: OK ({len(config.targets)} targets)")
+    print(f"{path}: OK ({_counts(config)})")
     return 0
+
+
+def _counts(config: Config) -> str:
+    """For messages: "3 targets", and ", 2 domains" when there are any."""
+    text = f"{len(config.targets)} targets"
+    return text + (f", {len(config.domains)} domains" if config.domains else "")
 
 
 def _print_problems(path: str, exc: ConfigError) -> None:
@@ -184,12 +196,25 @@ async def running(service: Service, server: HttpServer) -> AsyncIterator[None]:
 class Service:
     """The running exporter: config, state, scheduler, registry; the HTTP layer's backend."""
 
-    def __init__(self, config: Config, config_path: str, probe_fn: ProbeFn = default_probe) -> None:
+    def __init__(
+        self,
+        config: Config,
+        config_path: str,
+        probe_fn: ProbeFn | None = None,
+        make_checker: CheckerFactory | None = None,
+    ) -> None:
+        """`probe_fn` and `make_checker` replace the real probe and domain checker in tests."""
         self.config = config
         self.config_path = config_path
         self.state = ServiceState()
-        self._probe_fn = probe_fn
-        self._scheduler = Scheduler(self.state, concurrency=config.concurrency, probe_fn=probe_fn)
+        # `dns:` applies to every lookup: the probes of targets and MX hosts resolve through it.
+        self._resolver = endpoint_resolver(config.dns)
+        self._dns: tuple[DnsConfig, Dns] | None = None  # the domain checks' DNS, built on use
+        self._probe_fn = probe_fn or self._probe
+        self._scheduler = Scheduler(
+            self.state, concurrency=config.concurrency, probe_fn=self._probe_fn
+        )
+        self._domains = DomainScheduler(self.state, make_checker or self._make_checker)
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(SmtpTlsCollector(self.state.snapshot))
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -203,12 +228,17 @@ class Service:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self._scheduler.update(self.config.targets, self.config.concurrency)
+        await self._domains.update(self.config.domains, self.config.dns)
         self.state.reload_success = True
         self.state.reload_success_timestamp = time.time()
         self._ready = True
         log.info(
             "started",
-            extra={"config": self.config_path, "targets": len(self.config.targets)},
+            extra={
+                "config": self.config_path,
+                "targets": len(self.config.targets),
+                "domains": len(self.config.domains),
+            },
         )
 
     def stopping(self) -> None:
@@ -218,6 +248,7 @@ class Service:
         self._ready = False
         for task in list(self._on_demand_tasks):
             task.cancel()
+        await self._domains.stop()  # first: their MX probes run in the scheduler's slots
         await self._scheduler.stop()
 
     async def reload_async(self) -> tuple[bool, str]:
@@ -232,26 +263,28 @@ class Service:
                     extra={"config": self.config_path, "problems": str(exc)},
                 )
                 return False, f"{self.config_path}: invalid config, not loaded:\n{exc}"
-            before = {t.name: t for t in self.config.targets}
-            after = {t.name: t for t in config.targets}
+            changes = {
+                **_changes("", self.config.targets, config.targets),
+                **_changes("domains_", self.config.domains, config.domains),
+            }
+            if config.dns != self.config.dns:
+                self._resolver = endpoint_resolver(config.dns)
+                changes["dns"] = {"changed"}
             await self._scheduler.update(config.targets, config.concurrency)
+            await self._domains.update(config.domains, config.dns)
             self.config = config
             self.state.reload_success = True
             self.state.reload_success_timestamp = time.time()
-            changes = {
-                "added": after.keys() - before.keys(),
-                "removed": before.keys() - after.keys(),
-                "changed": {n for n in after.keys() & before.keys() if after[n] != before[n]},
-            }
             log.info(
                 "config reloaded",
                 extra={
                     "config": self.config_path,
                     "targets": len(config.targets),
+                    "domains": len(config.domains),
                     **{k: ",".join(sorted(v)) for k, v in changes.items() if v},
                 },
             )
-            return True, f"{self.config_path}: reloaded ({len(config.targets)} targets)"
+            return True, f"{self.config_path}: reloaded ({_counts(config)})"
 
     # -- the HTTP layer's backend, called from its threads ----------------------------------
 
@@ -310,61 +343,10 @@ class Service:
         return result
 
     def probe_registry(self, result: ProbeResult) -> CollectorRegistry:
-        snap = Snapshot(
-            targets=(result.target,),
-            results={result.target.name: result},
-            probes_total={},
-            reload_success=True,
-            reload_success_timestamp=None,
-            scheduler_lag_seconds=0.0,
-            scheduler_lag_max_seconds=0.0,
-        )
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(SmtpTlsCollector(lambda: snap, on_demand=True))
-        return registry
+        return on_demand_registry(result)
 
     def on_demand_target(self, spec: str) -> Target:
-        """The target `/probe?target=spec` may probe: a configured one, or a permitted host.
-
-        A name matches a configured target's name. Otherwise `spec` must be host:port whose
-        host (compared as written: nothing is resolved to decide) is a configured target's host
-        or is in `probe_allowlist`; anything else is refused, so that the exporter cannot be
-        made to probe arbitrary hosts. A new port of a configured host inherits that target's
-        server name, CA file, EHLO name and timeout.
-        """
-        config = self.config
-        for t in config.targets:
-            if t.name == spec:
-                return t
-        try:
-            host, port = parse_host_port(spec)
-        except ValueError:
-            raise ProbeRefused(
-                HTTPStatus.NOT_FOUND,
-                f"no configured target named {spec!r} (and it is not host:port)",
-            ) from None
-        key = _host_key(host)
-        same_host = [t for t in config.targets if _host_key(t.host) == key]
-        for t in same_host:
-            if t.port == port:
-                return t
-        if same_host:
-            t = same_host[0]
-            return Target.create(
-                host,
-                port,
-                server_name=t.server_name,
-                ca_file=t.ca_file,
-                ehlo_name=t.ehlo_name,
-                timeout=t.timeout,
-            )
-        if key in {_host_key(h) for h in config.probe_allowlist}:
-            return config.defaults.target(host, port)
-        raise ProbeRefused(
-            HTTPStatus.FORBIDDEN,
-            f"{host} is neither a configured target's host nor in probe_allowlist; "
-            "this exporter probes only hosts its config names",
-        )
+        return choose_target(self.config, spec)
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -374,6 +356,24 @@ class Service:
             coro.close()
             raise RuntimeError("the event loop is not running")
         return asyncio.run_coroutine_threadsafe(coro, loop)
+
+    async def _probe(self, target: Target) -> ProbeResult:
+        return await probe(target, resolver=self._resolver)
+
+    def _make_checker(self, domain: DomainConfig, dns_config: DnsConfig) -> DomainChecker:
+        if self._dns is None or self._dns[0] != dns_config:
+            self._dns = (dns_config, domain_dns(dns_config))
+        return DomainChecker(
+            domain.name,
+            self._dns[1],
+            ca_file=domain.ca_file,
+            timeout=domain.timeout,
+            probe_timeout=domain.timeout,
+            ehlo_name=domain.ehlo_name,
+            labels=dict(domain.labels),
+            policy_max_interval=domain.interval,
+            probe_fn=self._scheduler.probe_mx,
+        )
 
     async def _run_on_demand(self, target: Target) -> ProbeResult:
         task = asyncio.current_task()
@@ -385,5 +385,14 @@ class Service:
             self._on_demand_tasks.discard(task)
 
 
-def _host_key(host: str) -> str:
-    return host.strip("[]").rstrip(".").lower()
+def _changes(
+    prefix: str, old: Iterable[Target | DomainConfig], new: Iterable[Target | DomainConfig]
+) -> dict[str, set[str]]:
+    """Names added, removed and changed between two lists of targets (or of domains)."""
+    before = {x.name: x for x in old}
+    after = {x.name: x for x in new}
+    return {
+        f"{prefix}added": after.keys() - before.keys(),
+        f"{prefix}removed": before.keys() - after.keys(),
+        f"{prefix}changed": {n for n in after.keys() & before.keys() if after[n] != before[n]},
+    }

@@ -16,7 +16,8 @@ gap after the first probe is between one and two intervals). A probe that overra
 (slow server, or waiting for a concurrency slot) is followed at once by one probe for the latest
 missed slot, never by a burst of catch-up probes.
 
-A global semaphore of `concurrency` slots bounds how many probes run at once. The lag recorded with
+A global semaphore of `concurrency` slots bounds how many probes run at once, the MX probes of
+mail domains (`probe_mx`, called by the domain scheduler) included. The lag recorded with
 each result is how long after its slot the probe actually started (waiting for the semaphore
 included). The probe bounds itself by the target's timeout; should it still not return within
 that plus a grace period (or should it raise), the scheduler records an internal error, so a stuck
@@ -153,6 +154,17 @@ class Scheduler:
         self._state.record(result, lag)
         log_result(result, lag)
 
+    async def probe_mx(self, target: Target) -> ProbeResult:
+        """Probe a mail domain's MX host now, as a scheduled probe: in a concurrency slot, with
+        the stuck-probe guard, counted and logged. Its lag is the wait for the slot."""
+        asked = self._clock()
+        async with self._semaphore:
+            lag = max(0.0, self._clock() - asked)
+            result = await self._guarded_probe(target)
+        self._state.record_mx_probe(result, lag)
+        log_result(result, lag)
+        return result
+
     async def _guarded_probe(self, target: Target) -> ProbeResult:
         started_at = time.time()
         try:
@@ -179,6 +191,9 @@ def log_result(result: ProbeResult, lag: float | None = None) -> None:
     """One WARNING line for a failed probe (DEBUG for a good one), then the transcript at DEBUG."""
     target = result.target
     fields: dict[str, object] = {"target": target.name}
+    domain = dict(target.labels).get("domain")
+    if domain is not None:  # the probe of a mail domain's MX host
+        fields["domain"] = domain
     if lag is not None:
         fields["lag"] = round(lag, 3)
     fields["duration"] = round(result.phases.total, 4)

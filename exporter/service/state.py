@@ -10,6 +10,8 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
+from exporter.domains.config import DomainConfig
+from exporter.domains.model import DomainResult
 from exporter.model import ProbeResult, Target
 
 
@@ -22,6 +24,8 @@ class Snapshot:
     reload_success_timestamp: float | None
     scheduler_lag_seconds: float  # how late the latest probe started, vs. its scheduled time
     scheduler_lag_max_seconds: float  # the largest lag since the exporter started
+    domains: tuple[DomainConfig, ...] = ()  # the configured mail domains, in config order
+    domain_results: dict[str, DomainResult] = field(default_factory=dict)  # name -> latest
 
 
 @dataclass
@@ -33,6 +37,8 @@ class ServiceState:
     reload_success_timestamp: float | None = None
     scheduler_lag_seconds: float = 0.0
     scheduler_lag_max_seconds: float = 0.0
+    domains: tuple[DomainConfig, ...] = ()
+    domain_results: dict[str, DomainResult] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def set_targets(self, targets: tuple[Target, ...]) -> None:
@@ -42,14 +48,35 @@ class ServiceState:
             # A removed target loses its series; so does a changed one until it is probed again.
             self.results = {k: v for k, v in self.results.items() if v.target in targets}
 
+    def set_domains(self, domains: tuple[DomainConfig, ...]) -> None:
+        """Install a new domain list; results of domains removed or changed are dropped."""
+        with self._lock:
+            kept = {d.name for d in domains if d in self.domains}
+            self.domains = domains
+            self.domain_results = {k: v for k, v in self.domain_results.items() if k in kept}
+
     def record(self, result: ProbeResult, lag: float) -> None:
         with self._lock:
             # A result for a target removed (or changed) while its probe ran is not kept.
             if result.target in self.targets:
                 self.results[result.target.name] = result
-            self.probes_total["success" if result.success else "failure"] += 1
-            self.scheduler_lag_seconds = lag
-            self.scheduler_lag_max_seconds = max(self.scheduler_lag_max_seconds, lag)
+            self._count(result, lag)
+
+    def record_mx_probe(self, result: ProbeResult, lag: float) -> None:
+        """An MX probe: counted like any scheduled probe, kept in its domain's result."""
+        with self._lock:
+            self._count(result, lag)
+
+    def record_domain(self, domain: DomainConfig, result: DomainResult) -> None:
+        with self._lock:
+            # A result for a domain removed (or changed) while it was checked is not kept.
+            if domain in self.domains:
+                self.domain_results[domain.name] = result
+
+    def _count(self, result: ProbeResult, lag: float) -> None:
+        self.probes_total["success" if result.success else "failure"] += 1
+        self.scheduler_lag_seconds = lag
+        self.scheduler_lag_max_seconds = max(self.scheduler_lag_max_seconds, lag)
 
     def snapshot(self) -> Snapshot:
         with self._lock:
@@ -61,4 +88,6 @@ class ServiceState:
                 reload_success_timestamp=self.reload_success_timestamp,
                 scheduler_lag_seconds=self.scheduler_lag_seconds,
                 scheduler_lag_max_seconds=self.scheduler_lag_max_seconds,
+                domains=self.domains,
+                domain_results=dict(self.domain_results),
             )

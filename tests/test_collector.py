@@ -14,6 +14,23 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import __version__
 from exporter.config import RESERVED_LABELS
+from exporter.domains.config import DomainConfig
+from exporter.domains.model import (
+    CheckFailure,
+    CheckReason,
+    DomainResult,
+    MxCheck,
+    MxHost,
+    MxSet,
+    MxStatus,
+    Policy,
+    StsMode,
+    StsRecord,
+    StsResult,
+    StsState,
+    TlsRptRecord,
+    TlsRptResult,
+)
 from exporter.model import (
     CertFacts,
     Failure,
@@ -25,6 +42,7 @@ from exporter.model import (
     Target,
     TlsFacts,
     Verification,
+    VerifyPolicy,
     VerifyReason,
 )
 from exporter.service.collector import SmtpTlsCollector
@@ -391,7 +409,9 @@ def test_static_labels_on_every_endpoint_series_and_only_there() -> None:
 
 def test_every_exporter_label_is_reserved_in_the_config() -> None:
     # A static label named like one the collector sets would clash; the config must refuse it.
-    reg = registry_for(make_state(starttls_ok(), refused(), implicit_expired()))
+    state = make_state(starttls_ok(), refused(), implicit_expired())
+    add_domains(state, (ENFORCED, enforced()), (BROKEN, broken()))
+    reg = registry_for(state)
     used = {k for _, lab, _ in samples(reg) for k in lab} - {"site"}
     assert used <= RESERVED_LABELS
 
@@ -525,6 +545,7 @@ def test_golden_exposition_of_one_implicit_tls_result() -> None:
 def rich_registry() -> CollectorRegistry:
     """Every kind of result the collector knows, so every metric it can emit is emitted."""
     state = make_state(starttls_ok(), refused(), implicit_expired(), implicit_ok(_IMPLICIT_OK))
+    add_domains(state, (ENFORCED, enforced()), (BROKEN, broken()))
     state.reload_success_timestamp = NOW - 60
     return registry_for(state)
 
@@ -550,7 +571,10 @@ def emitted(registry: CollectorRegistry) -> dict[str, tuple[str, set[str]]]:
     out: dict[str, tuple[str, set[str]]] = {}
     for family in registry.collect():
         for s in family.samples:
-            out.setdefault(s.name, (family.type, set()))[1].update(set(s.labels) - {"site"})
+            names = set(s.labels) - {"site"}
+            if "target" in names:  # an MX probe's endpoint series: labelled as in "Labels"
+                names -= {"domain", "mx_preference"}
+            out.setdefault(s.name, (family.type, set()))[1].update(names)
     return out
 
 
@@ -584,3 +608,235 @@ def test_on_demand_answer_has_endpoint_families_only_and_says_so() -> None:
     texts = [m.documentation for m in registry.collect()]
     assert all("scheduled" not in t for t in texts)
     assert any("this on-demand probe" in t for t in texts)
+
+
+# --- mail domains ----------------------------------------------------------------------------
+
+ENFORCED = DomainConfig("example.test", labels=(("site", "fra1"),))
+BROKEN = DomainConfig("broken.example.test")
+MX1 = MxHost("mail.example.test", 10)
+MX2 = MxHost("backup.example.net", 20)
+STATES = ("enforce", "testing", "none", "absent", "invalid")
+
+
+def mx_target(domain: DomainConfig, host: MxHost) -> Target:
+    """As DomainChecker.mx_target builds it: port 25, report, domain and preference labels."""
+    labels = {**dict(domain.labels), "domain": domain.name, "mx_preference": str(host.preference)}
+    return Target.create(
+        host.name, 25, server_name=host.name, verify=VerifyPolicy.REPORT, labels=labels
+    )
+
+
+def enforced(*, started_at: float = NOW - 30) -> DomainResult:
+    """Enforce policy naming MX1 only; MX1 compliant, MX2 (not in the policy) has a bad cert."""
+    bad_cert = Verification(False, False, VerifyReason.SELF_SIGNED, "self-signed")
+    return DomainResult(
+        domain=ENFORCED.name,
+        started_at=started_at,
+        duration=0.4,
+        mx=MxSet(MxStatus.MX, (MX1, MX2)),
+        sts=StsResult(
+            StsState.ENFORCE,
+            True,
+            record=StsRecord("20251009T1", "v=STSv1; id=20251009T1"),
+            policy=Policy(StsMode.ENFORCE, 604800, ("mail.example.test",)),
+        ),
+        tlsrpt=TlsRptResult(True, TlsRptRecord(("mailto:tlsrpt@example.test",), "v=TLSRPTv1; ..")),
+        mx_checks=(
+            MxCheck(MX1, True, starttls_ok(mx_target(ENFORCED, MX1)), True),
+            MxCheck(
+                MX2,
+                False,
+                dataclasses.replace(starttls_ok(mx_target(ENFORCED, MX2)), verification=bad_cert),
+                False,
+            ),
+        ),
+        labels=ENFORCED.labels,
+    )
+
+
+def broken() -> DomainResult:
+    """A record whose policy is missing (404), a null MX, an invalid TLS-RPT record."""
+    return DomainResult(
+        domain=BROKEN.name,
+        started_at=NOW - 50,
+        duration=0.1,
+        mx=MxSet(MxStatus.NULL, detail="null MX"),
+        sts=StsResult(
+            StsState.INVALID,
+            True,
+            record=StsRecord("b1", "v=STSv1; id=b1"),
+            failure=CheckFailure(CheckReason.HTTP_STATUS, "HTTP 404 Not Found"),
+        ),
+        tlsrpt=TlsRptResult(True, failure=CheckFailure(CheckReason.BAD_RECORD, "no rua")),
+    )
+
+
+def add_domains(state: ServiceState, *pairs: tuple[DomainConfig, DomainResult | None]) -> None:
+    state.set_domains(tuple(d for d, _ in pairs))
+    for domain, result in pairs:
+        if result is not None:
+            state.record_domain(domain, result)
+
+
+def domain_state(*pairs: tuple[DomainConfig, DomainResult | None]) -> ServiceState:
+    state = ServiceState()
+    add_domains(state, *pairs)
+    return state
+
+
+def names_for_domain(registry: CollectorRegistry, name: str) -> set[str]:
+    return {n for n, lab, _ in samples(registry) if lab.get("domain") == name}
+
+
+def test_domain_with_an_enforce_policy() -> None:
+    reg = registry_for(domain_state((ENFORCED, enforced())))
+    v = reg.get_sample_value
+    lab = {"site": "fra1", "domain": "example.test"}
+    assert {s: v("smtp_tls_mta_sts_mode", {**lab, "mode": s}) for s in STATES} == {
+        "enforce": 1,
+        "testing": 0,
+        "none": 0,
+        "absent": 0,
+        "invalid": 0,
+    }
+    assert v("smtp_tls_mta_sts_record_present", lab) == 1
+    assert v("smtp_tls_mta_sts_policy_valid", lab) == 1
+    assert v("smtp_tls_mta_sts_max_age_seconds", lab) == 604800
+    assert v("smtp_tls_mta_sts_policy_id_info", {**lab, "id": "20251009T1"}) == 1
+    assert v("smtp_tls_mta_sts_mx_match", {**lab, "mx": "mail.example.test"}) == 1
+    assert v("smtp_tls_mta_sts_mx_match", {**lab, "mx": "backup.example.net"}) == 0
+    assert v("smtp_tls_mta_sts_mx_compliant", {**lab, "mx": "mail.example.test"}) == 1
+    assert v("smtp_tls_mta_sts_mx_compliant", {**lab, "mx": "backup.example.net"}) == 0
+    assert v("smtp_tls_tlsrpt_record_present", lab) == 1
+    assert v("smtp_tls_tlsrpt_record_valid", lab) == 1
+    assert v("smtp_tls_mx_count", lab) == 2
+    assert v("smtp_tls_domain_last_check_timestamp_seconds", lab) == NOW - 30
+    assert "smtp_tls_mta_sts_policy_fetch_failure_info" not in names_for_domain(reg, ENFORCED.name)
+    assert v("smtp_tls_exporter_domains") == 1
+    assert v("smtp_tls_exporter_targets") == 0
+
+
+def test_mx_probes_are_endpoint_series_with_domain_and_preference() -> None:
+    reg = registry_for(domain_state((ENFORCED, enforced())))
+    v = reg.get_sample_value
+    for host, verify in ((MX1, "ok"), (MX2, "self_signed")):
+        lab = labels(mx_target(ENFORCED, host))
+        assert lab["domain"] == "example.test"
+        assert lab["mx_preference"] == str(host.preference)
+        assert lab["target"] == f"{host.name}:25" and lab["mode"] == "starttls"
+        assert v("smtp_tls_probe_success", lab) == 1
+        assert v("smtp_tls_cert_verify_info", {**lab, "reason": verify}) == 1
+        assert v("smtp_tls_cert_expiry_days", lab) == pytest.approx(60.0)
+
+
+def test_domain_whose_policy_fetch_fails() -> None:
+    reg = registry_for(domain_state((BROKEN, broken())))
+    v = reg.get_sample_value
+    lab = {"domain": "broken.example.test"}
+    assert v("smtp_tls_mta_sts_mode", {**lab, "mode": "invalid"}) == 1
+    assert v("smtp_tls_mta_sts_mode", {**lab, "mode": "enforce"}) == 0
+    assert v("smtp_tls_mta_sts_record_present", lab) == 1
+    assert v("smtp_tls_mta_sts_policy_valid", lab) == 0
+    assert v("smtp_tls_mta_sts_policy_fetch_failure_info", {**lab, "reason": "http_status"}) == 1
+    # The record is valid, its policy is not: an id, no max_age.
+    assert v("smtp_tls_mta_sts_policy_id_info", {**lab, "id": "b1"}) == 1
+    assert v("smtp_tls_tlsrpt_record_present", lab) == 1
+    assert v("smtp_tls_tlsrpt_record_valid", lab) == 0
+    assert v("smtp_tls_mx_count", lab) == 0  # null MX
+    assert names_for_domain(reg, BROKEN.name).isdisjoint(
+        {
+            "smtp_tls_mta_sts_max_age_seconds",
+            "smtp_tls_mta_sts_mx_match",
+            "smtp_tls_mta_sts_mx_compliant",
+            "smtp_tls_probe_success",
+        }
+    )
+    failing = [lab for n, lab, _ in samples(reg) if n.endswith("fetch_failure_info")]
+    assert len(failing) == 1
+
+
+def test_domain_without_mta_sts_whose_mx_lookup_failed() -> None:
+    result = DomainResult(
+        domain=BROKEN.name,
+        started_at=NOW,
+        duration=5.0,
+        mx=MxSet(MxStatus.ERROR, detail="SERVFAIL"),
+        sts=StsResult(StsState.ABSENT, False, failure=CheckFailure(CheckReason.NO_RECORD)),
+        tlsrpt=TlsRptResult(False, failure=CheckFailure(CheckReason.NO_RECORD)),
+    )
+    reg = registry_for(domain_state((BROKEN, result)))
+    v = reg.get_sample_value
+    lab = {"domain": BROKEN.name}
+    assert v("smtp_tls_mta_sts_mode", {**lab, "mode": "absent"}) == 1
+    assert v("smtp_tls_mta_sts_record_present", lab) == 0
+    assert v("smtp_tls_mta_sts_policy_fetch_failure_info", {**lab, "reason": "no_record"}) == 1
+    assert v("smtp_tls_tlsrpt_record_present", lab) == 0
+    # Unknown, not zero: the lookup failed.
+    assert v("smtp_tls_mx_count", lab) is None
+    assert "smtp_tls_mta_sts_policy_id_info" not in names_for_domain(reg, BROKEN.name)
+
+
+def test_match_and_compliance_only_where_known() -> None:
+    # A testing policy without matching data for one MX, and an MX not probed (probe_mx: false).
+    r = enforced()
+    unprobed = dataclasses.replace(
+        r, mx_checks=(MxCheck(MX1, None, None, None), MxCheck(MX2, True, None, None))
+    )
+    reg = registry_for(domain_state((ENFORCED, unprobed)))
+    lab = {"site": "fra1", "domain": ENFORCED.name}
+    assert reg.get_sample_value("smtp_tls_mta_sts_mx_match", {**lab, "mx": MX2.name}) == 1
+    got = {(n, lab.get("mx")) for n, lab, _ in samples(reg) if n.startswith("smtp_tls_mta_sts_mx")}
+    assert got == {("smtp_tls_mta_sts_mx_match", MX2.name)}
+    assert "smtp_tls_probe_success" not in names_for_domain(reg, ENFORCED.name)
+
+
+def test_unchecked_domain_has_no_series_but_is_counted() -> None:
+    reg = registry_for(domain_state((ENFORCED, enforced()), (BROKEN, None)))
+    assert names_for_domain(reg, BROKEN.name) == set()
+    assert names_for_domain(reg, ENFORCED.name)
+    assert reg.get_sample_value("smtp_tls_exporter_domains") == 2
+
+
+def test_removed_or_changed_domain_vanishes() -> None:
+    state = domain_state((ENFORCED, enforced()), (BROKEN, broken()))
+    reg = registry_for(state)
+    state.set_domains((ENFORCED,))
+    assert names_for_domain(reg, BROKEN.name) == set()
+    assert names_for_domain(reg, ENFORCED.name)
+    # Same name, another definition: nothing until it is checked again.
+    changed = dataclasses.replace(ENFORCED, probe_mx=False)
+    state.set_domains((changed,))
+    assert names_for_domain(reg, ENFORCED.name) == set()
+    # A result of the old definition, arriving late, is not kept.
+    state.record_domain(ENFORCED, enforced())
+    assert names_for_domain(reg, ENFORCED.name) == set()
+    state.record_domain(changed, enforced())
+    assert reg.get_sample_value("smtp_tls_mx_count", {"site": "fra1", "domain": "example.test"})
+
+
+def test_an_mx_host_that_leaves_the_mx_set_loses_its_series() -> None:
+    state = domain_state((ENFORCED, enforced()))
+    reg = registry_for(state)
+
+    def backup_series() -> list[str]:
+        return [
+            n
+            for n, lab, _ in samples(reg)
+            if lab.get("mx") == MX2.name or lab.get("target") == f"{MX2.name}:25"
+        ]
+
+    assert backup_series()
+    r = enforced(started_at=NOW)
+    state.record_domain(
+        ENFORCED, dataclasses.replace(r, mx=MxSet(MxStatus.MX, (MX1,)), mx_checks=r.mx_checks[:1])
+    )
+    assert backup_series() == []
+    assert reg.get_sample_value("smtp_tls_mx_count", {"site": "fra1", "domain": ENFORCED.name}) == 1
+
+
+def test_domain_families_have_no_timestamps_and_parse_as_openmetrics() -> None:
+    reg = registry_for(domain_state((ENFORCED, enforced()), (BROKEN, broken())))
+    assert all(s.timestamp is None for m in reg.collect() for s in m.samples)
+    om = generate_openmetrics(reg).decode()  # type: ignore[no-untyped-call]
+    assert 'smtp_tls_mta_sts_mode{domain="example.test",mode="enforce",site="fra1"} 1.0' in om

@@ -12,7 +12,9 @@ series are gone at the next scrape. For one STARTTLS target the exposition looks
     smtp_tls_starttls_advertised{...} 1.0
     smtp_tls_cert_expiry_days{...} 61.2
 
-docs/metrics.md describes every metric; a test checks that it and this module agree.
+Mail domains add their own families (domain_metrics.py) and, for each MX host probed, the
+per-endpoint series with the labels `domain` and `mx_preference`. docs/metrics.md describes every
+metric; a test checks that it and these modules agree.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from prometheus_client.samples import Sample
 
 from exporter import __version__
 from exporter.model import Mode, ProbeResult, Target
+from exporter.service.domain_metrics import add_domain_samples, domain_families
 from exporter.service.state import Snapshot
 
 _FROM_PROBE = "from the last scheduled probe"
@@ -113,7 +116,19 @@ class SmtpTlsCollector(Collector):
             # describes something no longer configured: nothing is shown until the next probe.
             if result is not None and result.target == target:
                 _endpoint_samples(families, result, now)
+        domains = domain_families()
+        for domain in snap.domains:
+            checked = snap.domain_results.get(domain.name)
+            if checked is None:
+                continue
+            add_domain_samples(domains, domain, checked)
+            # A domain's MX probes are endpoints too; the MX set is the latest check's, so an
+            # MX host that left it has no series any more.
+            for mx in checked.mx_checks:
+                if mx.probe is not None:
+                    _endpoint_samples(families, mx.probe, now)
         yield from (f for f in families.values() if f.samples)
+        yield from (f for f in domains.values() if f.samples)
 
 
 def _help(text: str, on_demand: bool) -> str:
@@ -146,7 +161,8 @@ def _exporter_families(snap: Snapshot) -> Iterator[Metric]:
         )
     probes = CounterMetricFamily(
         "smtp_tls_exporter_probes",
-        "Scheduled probes run since the exporter started, by result.",
+        "Scheduled probes run since the exporter started (MX probes of mail domains included), "
+        "by result.",
         labels=["result"],
     )
     for result in ("success", "failure"):
@@ -154,6 +170,9 @@ def _exporter_families(snap: Snapshot) -> Iterator[Metric]:
     yield probes
     yield GaugeMetricFamily(
         "smtp_tls_exporter_targets", "Targets in the config.", value=len(snap.targets)
+    )
+    yield GaugeMetricFamily(
+        "smtp_tls_exporter_domains", "Mail domains in the config.", value=len(snap.domains)
     )
     yield GaugeMetricFamily(
         "smtp_tls_exporter_scheduler_lag_seconds",

@@ -26,9 +26,12 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import load_config
+from exporter.domains.config import DnsConfig, DomainConfig
+from exporter.domains.model import DomainResult
 from exporter.service.http import HttpServer
 from exporter.service.main import ON_DEMAND_LIMIT, Service, running
 from tests.scripted import serve, smtp_session
+from tests.test_collector import broken, enforced
 
 DEADLINE = 10.0
 
@@ -231,6 +234,9 @@ async def test_landing_page_escapes_names(setup: Setup) -> None:
     )
     setup.write(text)
     assert (await fetch(setup.exporter.url + "/-/reload", method="POST")).status == 200
+    # The report link appears with the first result.
+    service = setup.exporter.service
+    await until(lambda: "<b>x&y</b>" in service.snapshot().results, "the new target's probe")
     page = (await fetch(setup.exporter.url + "/")).text
     assert "<b>x&y</b>" not in page
     assert "<td>&lt;b&gt;x&amp;y&lt;/b&gt;</td>" in page
@@ -426,3 +432,106 @@ async def test_on_demand_probes_are_capped(setup: Setup, server_tls: ssl.SSLCont
     assert [a.status for a in answers] == [200] * ON_DEMAND_LIMIT
     assert all(sample(a.text, "smtp_tls_probe_success") == 1 for a in answers)
     assert connected == ON_DEMAND_LIMIT
+
+
+# -- mail domains -----------------------------------------------------------------------------
+
+
+class CannedChecker:
+    """A domain checker that answers with a result made beforehand (None: never answers)."""
+
+    def __init__(self, result: DomainResult | None) -> None:
+        self.result = result
+
+    async def check(self, *, probe_mx: bool = True) -> DomainResult:
+        if self.result is None:
+            await asyncio.Event().wait()  # the check that never finishes
+        assert self.result is not None
+        return self.result
+
+    async def probe_mx(self, result: DomainResult) -> DomainResult:
+        return result
+
+
+DOMAINS_CONFIG = """\
+targets: []
+domains:
+  - {name: example.test, labels: {site: fra1}}
+  - broken.example.test
+  - pending.example.test
+"""
+
+
+@pytest.fixture
+async def domains_exporter(tmp_path: Path) -> AsyncIterator[Exporter]:
+    canned = {"example.test": enforced(), "broken.example.test": broken()}
+    path = tmp_path / "config.yml"
+    path.write_text(DOMAINS_CONFIG)
+
+    def make_checker(domain: DomainConfig, dns: DnsConfig) -> CannedChecker:
+        return CannedChecker(canned.get(domain.name))
+
+    service = Service(load_config(str(path)), str(path), make_checker=make_checker)
+    server = HttpServer("127.0.0.1", 0, service)
+    async with running(service, server):
+        await until(lambda: len(service.snapshot().domain_results) == 2, "two domain results")
+        yield Exporter(service, server.url, path)
+
+
+async def test_landing_page_lists_every_domain(domains_exporter: Exporter) -> None:
+    page = (await fetch(domains_exporter.url + "/")).text
+    assert "<h2>Mail domains (3)</h2>" in page
+    rows = {
+        name: next(line for line in page.splitlines() if f"<td>{name}</td>" in line)
+        for name in ("example.test", "broken.example.test", "pending.example.test")
+    }
+    # enforce, policy valid, no failure reason, 2 MX hosts of which 1 compliant, TLS-RPT valid,
+    # and two problems (an MX outside the policy, and not compliant)
+    assert (
+        '<td class="ok">enforce</td><td>yes</td><td></td><td>2</td><td>1 of 2</td>'
+        '<td>valid</td><td class="failed">2</td>'
+    ) in rows["example.test"]
+    assert 'href="debug?domain=example.test">report</a>' in rows["example.test"]
+    assert (
+        '<td class="failed">invalid</td><td>no</td><td>http_status</td><td>null MX</td>'
+        '<td></td><td>invalid</td><td class="failed">2</td>'
+    ) in rows["broken.example.test"]
+    assert '<td class="pending">pending</td>' in rows["pending.example.test"]
+    assert "debug?domain" not in rows["pending.example.test"]
+
+
+async def test_debug_shows_a_domain_report(domains_exporter: Exporter) -> None:
+    resp = await fetch(domains_exporter.url + "/debug?domain=example.test")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == "text/plain; charset=utf-8"
+    report = resp.text
+    assert report.startswith("Last scheduled check of example.test, started ")
+    assert "PROBLEMS (2)" in report
+    assert "MTA-STS: enforce" in report
+    assert "10 mail.example.test  policy match: yes  compliant: yes" in report
+    assert "Probe of backup.example.net:25: OK" in report
+
+
+async def test_debug_refuses_unknown_and_unchecked_domains(domains_exporter: Exporter) -> None:
+    resp = await fetch(domains_exporter.url + "/debug?domain=nope.example.test")
+    assert (resp.status, resp.text) == (
+        404,
+        "no configured mail domain named 'nope.example.test'\n",
+    )
+    resp = await fetch(domains_exporter.url + "/debug?domain=pending.example.test")
+    assert (resp.status, resp.text) == (
+        404,
+        "pending.example.test: its first check has not finished yet\n",
+    )
+    resp = await fetch(domains_exporter.url + "/debug")
+    assert (resp.status, resp.text) == (400, "missing ?target=NAME or ?domain=NAME\n")
+
+
+async def test_metrics_of_domains(domains_exporter: Exporter) -> None:
+    text = await domains_exporter.metrics()
+    enforce = {"domain": "example.test", "site": "fra1", "mode": "enforce"}
+    assert sample(text, "smtp_tls_mta_sts_mode", **enforce) == 1
+    failure = {"domain": "broken.example.test", "reason": "http_status"}
+    assert sample(text, "smtp_tls_mta_sts_policy_fetch_failure_info", **failure) == 1
+    assert sample(text, "smtp_tls_exporter_domains") == 3
+    assert sample(text, "smtp_tls_mx_count", domain="pending.example.test") is None

@@ -4,9 +4,10 @@ This layer only serves. What it shows comes from a `Backend` (the running servic
 the state, the registry behind `/metrics`, and blocking calls for a reload and an on-demand probe,
 which the backend runs on the event loop. Routes:
 
-    GET  /                    landing page: every target with its last verdict
+    GET  /                    landing page: every target and mail domain with its last verdict
     GET  /metrics             the exporter's registry; text or OpenMetrics by Accept, gzip if asked
     GET  /debug?target=NAME   the last scheduled result of NAME as a text report with transcript
+    GET  /debug?domain=NAME   the last scheduled check of mail domain NAME as a text report
     GET  /probe?target=T      probe T now (a configured name, or host:port of a permitted host) and
                               return that probe's metrics; `&debug=true`: the report instead
     GET  /-/healthy           200 while the process serves
@@ -17,7 +18,6 @@ which the backend runs on the event loop. Routes:
 from __future__ import annotations
 
 import gzip
-import html
 import logging
 import socket
 import threading
@@ -26,14 +26,16 @@ from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Protocol
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client.exposition import choose_encoder, generate_latest, gzip_accepted
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
-from exporter.model import ProbeResult, Target, join_host_port
+from exporter.domains.report import render_text as render_domain
+from exporter.model import ProbeResult, join_host_port
 from exporter.report import render_text
+from exporter.service.landing import landing_page
 from exporter.service.state import Snapshot
 
 log = logging.getLogger(__name__)
@@ -209,9 +211,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_body(HTTPStatus.OK, HTML, landing_page(self.server.backend.snapshot()).encode())
 
     def debug(self, query: dict[str, list[str]]) -> None:
+        domain = _param(query, "domain")
+        if domain is not None:
+            self.debug_domain(domain)
+            return
         name = _param(query, "target")
         if name is None:
-            self.send_text(HTTPStatus.BAD_REQUEST, "missing ?target=NAME\n")
+            self.send_text(HTTPStatus.BAD_REQUEST, "missing ?target=NAME or ?domain=NAME\n")
             return
         snap = self.server.backend.snapshot()
         if name not in {t.name for t in snap.targets}:
@@ -224,6 +230,18 @@ class _Handler(BaseHTTPRequestHandler):
         started = _when(result.started_at)
         header = f"Last scheduled probe of {name}, started {started}\n\n"
         self.send_text(HTTPStatus.OK, header + render_text(result) + "\n")
+
+    def debug_domain(self, name: str) -> None:
+        snap = self.server.backend.snapshot()
+        if name not in {d.name for d in snap.domains}:
+            self.send_text(HTTPStatus.NOT_FOUND, f"no configured mail domain named {name!r}\n")
+            return
+        result = snap.domain_results.get(name)
+        if result is None:
+            self.send_text(HTTPStatus.NOT_FOUND, f"{name}: its first check has not finished yet\n")
+            return
+        header = f"Last scheduled check of {name}, started {_when(result.started_at)}\n\n"
+        self.send_text(HTTPStatus.OK, header + render_domain(result) + "\n")
 
     def probe(self, query: dict[str, list[str]]) -> None:
         spec = _param(query, "target")
@@ -326,79 +344,3 @@ def _scrape_timeout(value: str | None) -> float | None:
 
 def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
-
-
-# -- the landing page -------------------------------------------------------------------------
-
-_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>SMTP TLS exporter</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; }}
-table {{ border-collapse: collapse; }}
-th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; }}
-td.ok {{ color: #060; font-weight: bold; }}
-td.failed {{ color: #a00; font-weight: bold; }}
-td.pending {{ color: #666; }}
-</style>
-</head>
-<body>
-<h1>SMTP TLS exporter</h1>
-<p>Version {version}. <a href="metrics">Metrics</a> &middot;
-<a href="-/healthy">Health</a> &middot; <a href="-/ready">Readiness</a></p>
-<p>Values come from each target's last scheduled probe.
-<code>probe?target=NAME</code> probes a configured target now;
-add <code>&amp;debug=true</code> for its report.</p>
-<h2>Targets ({count})</h2>
-<table>
-<thead><tr><th>Target</th><th>Endpoint</th><th>Mode</th><th>Verdict</th><th>Stage</th>
-<th>Reason</th><th>TLS</th><th>Certificate expires in</th><th>Last probe</th><th>Details</th>
-</tr></thead>
-<tbody>
-{rows}
-</tbody>
-</table>
-</body>
-</html>
-"""
-
-
-def landing_page(snap: Snapshot, now: float | None = None) -> str:
-    """The landing page: one row per configured target, in config order."""
-    now = time.time() if now is None else now
-    rows = [_row(t, snap.results.get(t.name), now) for t in snap.targets]
-    return _PAGE.format(
-        version=html.escape(__version__),
-        count=len(snap.targets),
-        rows="\n".join(rows) or '<tr><td colspan="10">No targets configured.</td></tr>',
-    )
-
-
-def _row(target: Target, result: ProbeResult | None, now: float) -> str:
-    e = html.escape
-    if result is None or result.target != target:
-        verdict, css, stage, reason, tls, expiry, when = "pending", "pending", "", "", "", "", ""
-    else:
-        verdict, css = ("OK", "ok") if result.success else ("FAILED", "failed")
-        stage = str(result.failure.stage) if result.failure else ""
-        reason = str(result.failure.reason) if result.failure else ""
-        tls = result.tls.version if result.tls else ""
-        cert = result.certificate
-        expiry = f"{cert.days_until_expiry(now):.1f} days" if cert else ""
-        when = f"{max(0.0, now - result.started_at):.0f}s ago"
-    link = f'<a href="debug?target={quote(target.name, safe="")}">report</a>'
-    cells = [
-        f"<td>{e(target.name)}</td>",
-        f"<td>{e(join_host_port(target.host, target.port))}</td>",
-        f"<td>{e(str(target.mode))}</td>",
-        f'<td class="{css}">{verdict}</td>',
-        f"<td>{e(stage)}</td>",
-        f"<td>{e(reason)}</td>",
-        f"<td>{e(tls)}</td>",
-        f"<td>{e(expiry)}</td>",
-        f"<td>{e(when)}</td>",
-        f"<td>{link if result is not None else ''}</td>",
-    ]
-    return "<tr>" + "".join(cells) + "</tr>"

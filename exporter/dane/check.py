@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from exporter.dane import names
 from exporter.dane.lookup import DaneDns, tlsa_name
-from exporter.dane.match import match_chain
+from exporter.dane.match import match_chain, short
 from exporter.dane.model import DaneReason, DaneResult, LookupStatus, TlsaAnswer
 from exporter.dane.records import split_usable
 from exporter.model import ProbeResult
@@ -105,6 +105,8 @@ def _judge(
     detail = outcome.detail
     if outcome.reason is DaneReason.NO_CERTIFICATE and why_none:
         detail = f"{detail}: {why_none}"
+    if outcome.reason is DaneReason.NO_USABLE_RECORDS and unusable:
+        detail += ": " + ", ".join(f"{short(r)} ({why})" for r, why in unusable[:6])
     if answer.malformed:
         detail += f"; {len(answer.malformed)} unreadable record(s) skipped: " + "; ".join(
             answer.malformed

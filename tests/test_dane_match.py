@@ -124,7 +124,7 @@ CASES = [
         matched=0,
     ),
     Case(
-        "2 0 1 root, not served: the anchor must be in the chain (RFC 7672 3.2.2)",
+        "2 0 1 root, not served: the anchor must be in the chain (RFC 7672 3.1.2)",
         (record(2, 0, 1, ROOT),),
         (LEAF, INTER),
         DaneReason.MISMATCH,

@@ -4,7 +4,7 @@ Pure functions over DER bytes. Only usages DANE-TA(2) and DANE-EE(3) count (sect
 - DANE-EE(3) (section 3.1.1): the record matches the leaf; nothing else is checked, neither
   names, nor dates, nor who signed it.
 - DANE-TA(2) (section 3.1.2): the record matches a certificate of the served chain (the trust
-  anchor; servers must send it, section 3.2.2, so a bare key not in the chain is not looked for),
+  anchor; servers must send it, section 3.1.2, so a bare key not in the chain is not looked for),
   the leaf chains up to it through served certificates (issuer names, signatures, CA flags), the
   certificates below the anchor are within their validity period, and the leaf names one of the
   reference identifiers (section 3.2.3, `exporter.dane.names`). The anchor's own dates are not

@@ -7,9 +7,11 @@ import socket
 import ssl
 import time
 import tracemalloc
+import warnings
 from collections.abc import Awaitable, Callable
 
 import pytest
+import trustme
 
 from exporter.model import Mode, ProbeResult, Reason, Stage, Target, VerifyPolicy
 from exporter.probe import probe
@@ -293,3 +295,21 @@ async def test_internal_error_is_caught_and_named(server_tls: ssl.SSLContext) ->
         target = Target.create(host, port, server_name="bad\x00name", ehlo_name="p.test")
         result = await probe(target)
     failed(result, Stage.INTERNAL, Reason.INTERNAL_ERROR)
+
+
+@pytest.mark.parametrize(
+    ("version", "label"),
+    [(ssl.TLSVersion.TLSv1, "TLS 1.0"), (ssl.TLSVersion.TLSv1_1, "TLS 1.1")],
+)
+async def test_legacy_tls_server_is_described_not_refused(
+    ca: trustme.CA, ca_file: str, version: ssl.TLSVersion, label: str
+) -> None:
+    legacy = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # legacy on purpose
+        legacy.minimum_version = legacy.maximum_version = version
+    legacy.set_ciphers("DEFAULT:@SECLEVEL=0")
+    ca.issue_cert("scripted.test", "127.0.0.1").configure_cert(legacy)
+    result = await run(lambda r, w: smtp_session(r, w, legacy), ca_file=ca_file)
+    assert result.success, result.failure
+    assert result.tls is not None and result.tls.version == label

@@ -24,6 +24,12 @@ def client_context() -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
+    # A monitor reports what a server offers instead of refusing to look: offer TLS 1.0 and 1.1
+    # too, and accept weak keys and ciphers (OpenSSL 3 hides them below security level 1), so a
+    # legacy server shows as "TLS 1.0" rather than as a failed handshake. Nothing secret is sent
+    # over these connections. A modern server still picks TLS 1.3 or 1.2 from the same offer.
+    ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
     return ctx
 
 

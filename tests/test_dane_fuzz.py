@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 
 import dns.message
+import dns.rdata
+import dns.rrset
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from hypothesis import given, settings
@@ -15,6 +17,7 @@ from exporter.dane.exchange import MalformedResponse, parse
 from exporter.dane.lookup import read_answer
 from exporter.dane.match import match_chain
 from exporter.dane.model import DaneReason, TlsaRecord
+from exporter.dane.records import from_rdatas, from_text, unusable
 from tests.dane_certs import TestPKI, der, make_cert, record
 
 NOW = dt.datetime.now(dt.UTC)
@@ -149,3 +152,27 @@ def test_parse_damaged_responses(edits: list[tuple[int, int]]) -> None:
         return
     got = read_answer(parsed, QUERY.question[0].name, "s")
     assert got.qname == "_25._tcp.mx.example.test"
+
+
+@st.composite
+def _publishable(draw: st.DrawFn) -> TlsaRecord:
+    """A record dnspython accepts: any parameters, digests of the size their type says."""
+    mtype = draw(st.integers(0, 255))
+    size = {1: 32, 2: 64}.get(mtype)
+    data = draw(st.binary(min_size=size or 1, max_size=size or 300))
+    return TlsaRecord(draw(st.integers(0, 255)), draw(st.integers(0, 255)), mtype, data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_publishable(), min_size=1, max_size=5))
+def test_records_survive_text_and_wire(recs: list[TlsaRecord]) -> None:
+    """Presentation form and wire form give back the same records, and usability is decided
+    for each without error."""
+    for rec in recs:
+        assert from_text(rec.text()) == rec
+        unusable(rec)
+    response = dns.message.make_response(QUERY)
+    rdatas = [dns.rdata.from_text("IN", "TLSA", r.text()) for r in recs]
+    response.answer.append(dns.rrset.from_rdata_list(QUERY.question[0].name, 300, rdatas))
+    parsed = parse(response.to_wire(), QUERY)
+    assert set(from_rdatas(parsed.answer[0])) == set(recs)

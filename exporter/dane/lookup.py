@@ -26,7 +26,6 @@ import dns.name
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
-import dns.resolver
 import dns.rrset
 
 from exporter.dane.exchange import MalformedResponse, exchange
@@ -75,12 +74,6 @@ class DaneDns:
         self.nameservers = tuple(nameservers)
         self.timeout = timeout
         self.cd_retry = cd_retry
-
-    @classmethod
-    def from_system(cls, timeout: float = 5.0) -> DaneDns:
-        """The name servers of /etc/resolv.conf (a local validating resolver, typically)."""
-        resolver = dns.resolver.Resolver(configure=True)
-        return cls([(str(ns), 53) for ns in resolver.nameservers], timeout)
 
     async def tlsa(self, host: str, port: int = 25) -> TlsaAnswer:
         """The TLSA RRset for `host`'s SMTP port. Never raises (but on cancellation)."""

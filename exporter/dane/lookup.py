@@ -112,6 +112,8 @@ class DaneDns:
     async def _ask(
         self, qname: dns.name.Name, address: str, port: int, budget: float, server: str
     ) -> TlsaAnswer | _Attempt:
+        loop = asyncio.get_running_loop()
+        until = loop.time() + budget
         try:
             response = await _query(qname, address, port, budget, cd=False)
         except TimeoutError:
@@ -127,7 +129,9 @@ class DaneDns:
         detail = "SERVFAIL" + "".join(f"; EDE {code} {text}".rstrip() for code, text in ede)
         if any(code in DNSSEC_EDE for code, _ in ede):
             return _Attempt(LookupStatus.BOGUS, detail, server)
-        if self.cd_retry and await _answers_unchecked(qname, address, port, budget):
+        # The second query gets what is left of this server's share, no more.
+        left = until - loop.time()
+        if self.cd_retry and left > 0 and await _answers_unchecked(qname, address, port, left):
             detail += "; answered with checking disabled (CD): DNSSEC validation fails"
             return _Attempt(LookupStatus.BOGUS, detail, server)
         return _Attempt(LookupStatus.SERVFAIL, detail, server)

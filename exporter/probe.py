@@ -239,7 +239,7 @@ class _Run:
             try:
                 cert = x509.load_der_x509_certificate(der)
                 facts.append(certs.describe_loaded(cert, der))
-            except ValueError as exc:
+            except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError
                 self._conn().note("tls", f"unreadable certificate in the served chain: {exc}")
                 break
             loaded.append(cert)

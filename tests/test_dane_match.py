@@ -55,6 +55,12 @@ def _v1_anchor_chain() -> tuple[bytes, bytes]:
 V1_LEAF, V1_TA = _v1_anchor_chain()
 
 
+def _bad_version(der: bytes) -> bytes:
+    """Version field 1 (v2): cryptography raises InvalidVersion, which is not a ValueError."""
+    at = der.find(b"\xa0\x03\x02\x01\x02")
+    return der[: at + 4] + b"\x01" + der[at + 5 :]
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -254,6 +260,13 @@ CASES = [
         DaneReason.OK,
         2,
         matched=0,
+    ),
+    Case(
+        "a certificate cryptography refuses (invalid version) is skipped too",
+        (record(2, 0, 1, _bad_version(INTER)),),
+        (LEAF, _bad_version(INTER)),
+        DaneReason.TA_UNVERIFIED,
+        1,
     ),
     Case(
         "an unreadable leaf still matches DANE-EE 3 0 x on its bytes",

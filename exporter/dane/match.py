@@ -123,7 +123,7 @@ def _load_all(chain: Sequence[bytes]) -> list[x509.Certificate | None]:
     for der in chain:
         try:
             out.append(x509.load_der_x509_certificate(der))
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):  # InvalidVersion is no ValueError
             out.append(None)
     return out
 

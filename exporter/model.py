@@ -245,6 +245,9 @@ class ProbeResult:
     tls: TlsFacts | None = None
     certificate: CertFacts | None = None  # the leaf
     chain: tuple[CertFacts, ...] = ()  # as served, leaf first
+    # The served certificates as DER, leaf first, unreadable ones included: what DANE matches
+    # (exporter.dane) needs, byte for byte.
+    chain_der: tuple[bytes, ...] = ()
     verification: Verification | None = None
     transcript: tuple[TranscriptEntry, ...] = ()
 

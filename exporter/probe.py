@@ -110,6 +110,7 @@ class _Run:
     plaintext_after_starttls: bool = False
     tls: TlsFacts | None = None
     chain: tuple[CertFacts, ...] = ()
+    chain_der: tuple[bytes, ...] = ()
     verification: Verification | None = None
 
     # -- the dialogue -----------------------------------------------------------------------
@@ -231,13 +232,14 @@ class _Run:
         self._read_certificates(session.peer_chain(sslobj))
 
     def _read_certificates(self, ders: list[bytes]) -> None:
+        self.chain_der = tuple(ders)
         loaded: list[x509.Certificate] = []
         facts: list[CertFacts] = []
         for der in ders:
             try:
                 cert = x509.load_der_x509_certificate(der)
                 facts.append(certs.describe_loaded(cert, der))
-            except ValueError as exc:
+            except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError
                 self._conn().note("tls", f"unreadable certificate in the served chain: {exc}")
                 break
             loaded.append(cert)
@@ -360,6 +362,7 @@ class _Run:
             tls=self.tls,
             certificate=self.chain[0] if self.chain else None,
             chain=self.chain,
+            chain_der=self.chain_der,
             verification=self.verification,
             transcript=tuple(self.conn.transcript) if self.conn else (),
         )

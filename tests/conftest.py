@@ -9,7 +9,12 @@ from collections.abc import Iterator
 import pytest
 import trustme
 
-pytest_plugins = ["tests.fixtures.postfix", "tests.fixtures.dns", "tests.fixtures.zone"]
+pytest_plugins = [
+    "tests.fixtures.postfix",
+    "tests.fixtures.dns",
+    "tests.fixtures.zone",
+    "tests.fixtures.dnssec",
+]
 
 IN_CI = os.environ.get("CI") == "true"
 

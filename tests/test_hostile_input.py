@@ -143,6 +143,19 @@ def test_garbage_der_is_a_certificate_error(data: bytes) -> None:
         _describe(data)
 
 
+def _bad_version(der: bytes) -> bytes:
+    """The certificate with its version field set to 1 (v2): cryptography raises InvalidVersion,
+    which is not a ValueError (found by the fuzz test below)."""
+    at = der.find(b"\xa0\x03\x02\x01\x02")
+    assert at > 0
+    return der[: at + 4] + b"\x01" + der[at + 5 :]
+
+
+def test_an_invalid_version_is_a_certificate_error() -> None:
+    with pytest.raises(certs.CertificateError, match="version"):
+        _describe(_bad_version(GOOD_DER))
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.data())
 def test_corrupted_certificates_are_described_or_refused(data: st.DataObject) -> None:

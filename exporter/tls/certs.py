@@ -20,7 +20,7 @@ def describe(der: bytes) -> CertFacts:
     """Facts about one certificate. Raises CertificateError when the bytes are not one."""
     try:
         cert = x509.load_der_x509_certificate(der)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError
         raise CertificateError(f"unreadable certificate: {exc}") from exc
     return describe_loaded(cert, der)
 

@@ -13,8 +13,9 @@ from typing import Any, TypeVar
 
 import yaml
 
+from exporter.checks.config import check_target_checks, read_checks, read_flag
 from exporter.domains.config import DnsConfig, DomainConfig, read_dns, read_domains
-from exporter.model import Mode, Target, VerifyPolicy, parse_host_port
+from exporter.model import Checks, Mode, Target, VerifyPolicy, parse_host_port
 from exporter.tls.verify import TrustStoreError, load_trust_store
 
 DEFAULT_INTERVAL = 60.0
@@ -31,6 +32,8 @@ RESERVED_LABELS = frozenset(
         *("subject", "issuer", "serial", "fingerprint_sha256"),  # smtp_tls_cert_info
         *("key_type", "key_bits", "signature_algorithm"),
         *("result", "python_version"),  # the exporter's own metrics
+        *("address", "ip_family"),  # the probes of a target with all_addresses
+        "check",  # smtp_tls_check_* (the opt-in checks)
     }
 )
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -46,10 +49,14 @@ _DURATION = re.compile("".join(f"(?:{_NUMBER}{unit})?" for unit in _UNIT_SECONDS
 _E = TypeVar("_E", Mode, VerifyPolicy)
 
 _TOP_KEYS = ("defaults", "dns", "targets", "domains", "probe_allowlist")
-_DEFAULT_KEYS = ("interval", "timeout", "ehlo_name", "ca_file", "verify", "concurrency")
+_DEFAULT_KEYS = (
+    *("interval", "timeout", "ehlo_name", "ca_file", "verify", "concurrency"),
+    *("all_addresses", "checks"),
+)
 _TARGET_KEYS = (
     *("name", "host", "port", "mode", "server_name", "verify", "ca_file"),
     *("interval", "timeout", "ehlo_name", "labels"),
+    *("all_addresses", "checks"),
 )
 
 
@@ -219,6 +226,8 @@ class _Defaults:
     ca_file: str | None = None
     verify: VerifyPolicy | None = None  # None: by port
     concurrency: int = DEFAULT_CONCURRENCY
+    all_addresses: bool = False
+    checks: Checks = field(default_factory=Checks)
     given: set[str] = field(default_factory=set)
 
 
@@ -283,6 +292,12 @@ class _Reader:
                 d.concurrency = value
             else:
                 self.p.add(path + "concurrency", f"{_show(value)} is not a positive integer")
+        if "all_addresses" in section:
+            d.all_addresses = bool(
+                read_flag(self, section["all_addresses"], path + "all_addresses")
+            )
+        if "checks" in section:
+            d.checks = read_checks(self, section["checks"], path + "checks", d.checks) or d.checks
         return d
 
     def targets(self, data: object, d: _Defaults) -> list[Target]:
@@ -326,6 +341,15 @@ class _Reader:
         interval = self.duration(m["interval"], path + ".interval") if "interval" in m else None
         timeout = self.duration(m["timeout"], path + ".timeout") if "timeout" in m else None
         labels = self.labels(m.get("labels"), path + ".labels")
+        all_addresses = d.all_addresses
+        if "all_addresses" in m:
+            all_addresses = bool(read_flag(self, m["all_addresses"], path + ".all_addresses"))
+        checks: Checks | None = d.checks
+        if "checks" in m:
+            checks = read_checks(self, m["checks"], path + ".checks", d.checks)
+            check_target_checks(
+                self, m["checks"], path + ".checks", mode or Mode.for_port(port or 0)
+            )
         given = {k for k in ("interval", "timeout") if k in m}
         parsed = (interval is not None or "interval" not in m) and (
             timeout is not None or "timeout" not in m
@@ -334,7 +358,7 @@ class _Reader:
         timeout = d.timeout if timeout is None else timeout
         if given and parsed and timeout > interval:  # with neither given, `defaults` was checked
             self.too_long(path + ".", given, timeout, interval)
-        if len(self.p.lines) > bad or host is None or port is None:
+        if len(self.p.lines) > bad or host is None or port is None or checks is None:
             return None
         return Target.create(
             host,
@@ -348,6 +372,8 @@ class _Reader:
             timeout=timeout,
             interval=interval,
             labels=labels,
+            all_addresses=all_addresses,
+            checks=checks,
         )
 
     def shorthand(self, text: str, path: str, d: _Defaults) -> Target | None:
@@ -369,6 +395,8 @@ class _Reader:
             ca_file=d.ca_file,
             timeout=d.timeout,
             interval=d.interval,
+            all_addresses=d.all_addresses,
+            checks=d.checks,
         )
 
     def allowlist(self, data: object) -> list[str]:

@@ -17,24 +17,35 @@ from exporter.probe import probe
 from exporter.resolve import Addresses, DnsResolver
 from tests.conftest import need
 from tests.fixtures.dns import DnsServer, PoolDns, hold_port, ipv6_loopback
-from tests.scripted import smtp_session
+from tests.scripted import Handler, smtp_session
+
+
+def starttls_server(tls: ssl.SSLContext) -> Handler:
+    return lambda r, w: smtp_session(r, w, tls)
 
 
 @contextlib.asynccontextmanager
-async def one_port(tls: ssl.SSLContext, good: list[str], dead: list[str]) -> AsyncIterator[int]:
-    """A scripted STARTTLS server on every `good` address and nothing (refused) on every `dead`
-    one, all on one port, as a name's addresses share its target's port."""
+async def one_port(handler: Handler, good: list[str], dead: list[str]) -> AsyncIterator[int]:
+    """`handler` serving on every `good` address and nothing (refused) on every `dead` one, all
+    on one port, as a name's addresses share its target's port."""
+
+    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await handler(reader, writer)
+        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
     for _ in range(20):
         servers: list[asyncio.Server] = []
         held: list[socket.socket] = []
         try:
-            first = await asyncio.start_server(lambda r, w: smtp_session(r, w, tls), good[0], 0)
+            first = await asyncio.start_server(on_client, good[0], 0)
             servers.append(first)
             port = int(first.sockets[0].getsockname()[1])
             for host in good[1:]:
-                servers.append(
-                    await asyncio.start_server(lambda r, w: smtp_session(r, w, tls), host, port)
-                )
+                servers.append(await asyncio.start_server(on_client, host, port))
             for host in dead:
                 sock = hold_port(host, port)
                 if sock is None:
@@ -62,7 +73,7 @@ async def test_each_address_of_a_name_is_probed(
     dns_server: DnsServer, server_tls: ssl.SSLContext
 ) -> None:
     need(ipv6_loopback(), "no IPv6 loopback (::1) on this machine")
-    async with one_port(server_tls, ["127.0.0.1", "::1"], ["127.0.0.2"]) as port:
+    async with one_port(starttls_server(server_tls), ["127.0.0.1", "::1"], ["127.0.0.2"]) as port:
         target = Target.create(
             f"multi.{dns_server.zone}",
             port,
@@ -104,7 +115,7 @@ async def test_every_address_good_is_a_success(
     dns_server: DnsServer, server_tls: ssl.SSLContext
 ) -> None:
     need(ipv6_loopback(), "no IPv6 loopback (::1) on this machine")
-    async with one_port(server_tls, ["127.0.0.1", "127.0.0.2", "::1"], []) as port:
+    async with one_port(starttls_server(server_tls), ["127.0.0.1", "127.0.0.2", "::1"], []) as port:
         target = Target.create(f"multi.{dns_server.zone}", port, all_addresses=True, timeout=3)
         result = await probe(target, resolver=DnsResolver(dns_server.nameservers, timeout=2))
     assert result.success and result.failure is None
@@ -130,7 +141,7 @@ async def test_a_name_that_does_not_resolve_has_one_failure_and_no_addresses(
 
 
 async def test_an_ip_literal_is_its_only_address(server_tls: ssl.SSLContext) -> None:
-    async with one_port(server_tls, ["127.0.0.1"], []) as port:
+    async with one_port(starttls_server(server_tls), ["127.0.0.1"], []) as port:
         result = await probe(Target.create("127.0.0.1", port, all_addresses=True, timeout=3))
     assert result.success
     assert [(r.peer_address, r.address_family) for r in result.addresses] == [("127.0.0.1", "ipv4")]

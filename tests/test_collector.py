@@ -13,6 +13,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import __version__
+from exporter.checks.model import CheckName
 from exporter.config import RESERVED_LABELS
 from exporter.domains.config import DomainConfig
 from exporter.domains.model import (
@@ -47,6 +48,7 @@ from exporter.model import (
 )
 from exporter.service.collector import SmtpTlsCollector
 from exporter.service.state import ServiceState, Snapshot
+from tests import check_results
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 NOW = 1_760_000_000.0  # 2025-10-09, the scrape time unless a test moves the clock
@@ -547,7 +549,22 @@ def rich_registry() -> CollectorRegistry:
     state = make_state(starttls_ok(), refused(), implicit_expired(), implicit_ok(_IMPLICIT_OK))
     add_domains(state, (ENFORCED, enforced()), (BROKEN, broken()))
     state.reload_success_timestamp = NOW - 60
+    add_checks(state)
     return registry_for(state)
+
+
+def add_checks(state: ServiceState) -> None:
+    """An all_addresses target, and check runs with and without a verdict."""
+    good = check_results.at(starttls_ok(check_results.POOL), check_results.V4, "ipv4")
+    bad = check_results.refused(check_results.POOL, check_results.V6, "ipv6")
+    pool = check_results.pooled(check_results.POOL, (good, bad))
+    state.set_targets((*state.targets, pool.target))
+    state.record(pool, lag=0.0)
+    runs = (check_results.injection(False), check_results.protocols(True, True, True))
+    state.record_checks(pool.target, check_results.V4, runs)
+    state.record_checks(SUBMISSION, None, (check_results.submission(True),))
+    failed = check_results.failed(CheckName.PROTOCOLS)
+    state.record_checks(pool.target, check_results.V6, (failed,))
 
 
 _IMPLICIT_OK = Target.create("localhost", 465)
@@ -574,6 +591,7 @@ def emitted(registry: CollectorRegistry) -> dict[str, tuple[str, set[str]]]:
             names = set(s.labels) - {"site"}
             if "target" in names:  # an MX probe's endpoint series: labelled as in "Labels"
                 names -= {"domain", "mx_preference"}
+                names -= {"address", "ip_family"}  # a target's with all_addresses, likewise
             out.setdefault(s.name, (family.type, set()))[1].update(names)
     return out
 

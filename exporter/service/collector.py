@@ -28,9 +28,11 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from exporter import __version__
+from exporter.checks.model import CheckRun
 from exporter.model import Mode, ProbeResult, Target
+from exporter.service.check_metrics import CHECK_HELP, add_check_samples
 from exporter.service.domain_metrics import add_domain_samples, domain_families
-from exporter.service.state import Snapshot
+from exporter.service.state import CheckResults, Snapshot
 
 _FROM_PROBE = "from the last scheduled probe"
 
@@ -108,14 +110,14 @@ class SmtpTlsCollector(Collector):
             yield from _exporter_families(snap)
         families = {
             name: GaugeMetricFamily(name, _help(text, self._on_demand))
-            for name, text in _ENDPOINT_HELP.items()
+            for name, text in (_ENDPOINT_HELP | CHECK_HELP).items()
         }
         for target in snap.targets:
             result = snap.results.get(target.name)
             # A result of an earlier definition of a target with this name (changed by a reload)
             # describes something no longer configured: nothing is shown until the next probe.
             if result is not None and result.target == target:
-                _endpoint_samples(families, result, now)
+                _endpoint_samples(families, result, now, snap.checks.get(target))
         domains = domain_families()
         for domain in snap.domains:
             checked = snap.domain_results.get(domain.name)
@@ -126,7 +128,7 @@ class SmtpTlsCollector(Collector):
             # MX host that left it has no series any more.
             for mx in checked.mx_checks:
                 if mx.probe is not None:
-                    _endpoint_samples(families, mx.probe, now)
+                    _endpoint_samples(families, mx.probe, now, snap.checks.get(mx.probe.target))
         yield from (f for f in families.values() if f.samples)
         yield from (f for f in domains.values() if f.samples)
 
@@ -197,8 +199,29 @@ def _endpoint_labels(target: Target) -> dict[str, str]:
     }
 
 
-def _endpoint_samples(families: dict[str, GaugeMetricFamily], r: ProbeResult, now: float) -> None:
-    base = _endpoint_labels(r.target)
+def _endpoint_samples(
+    families: dict[str, GaugeMetricFamily],
+    r: ProbeResult,
+    now: float,
+    checks: CheckResults | None = None,
+) -> None:
+    """The series of one probe result, and of its checks' latest runs. A target with
+    all_addresses has them for each address probed, labelled `address` and `ip_family`."""
+    if not r.addresses:
+        _one_endpoint(families, r, now, {}, (checks or {}).get(None, ()))
+    for one in r.addresses:
+        where = {"address": one.peer_address or "", "ip_family": one.address_family or ""}
+        _one_endpoint(families, one, now, where, (checks or {}).get(one.peer_address, ()))
+
+
+def _one_endpoint(
+    families: dict[str, GaugeMetricFamily],
+    r: ProbeResult,
+    now: float,
+    where: dict[str, str],
+    check_runs: tuple[CheckRun, ...],
+) -> None:
+    base = {**_endpoint_labels(r.target), **where}
 
     def add(name: str, value: float, **extra: str) -> None:
         # Static labels differ between targets, so samples are added with their own label
@@ -252,3 +275,4 @@ def _endpoint_samples(families: dict[str, GaugeMetricFamily], r: ProbeResult, no
         add("smtp_tls_cert_trusted", v.trusted)
         add("smtp_tls_cert_hostname_match", v.hostname_match)
         add("smtp_tls_cert_verify_info", 1, reason=str(v.reason))
+    add_check_samples(add, check_runs)

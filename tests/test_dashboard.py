@@ -42,6 +42,13 @@ SECTIONS = {
     "Latency": {"TLS handshake latency", "Latency by phase: $target"},
     "Certificates": {"Certificate details"},
     "Exporter": {"Config reload", "Probe rate by result", "Scheduler lag"},
+    "Security checks": {
+        "STARTTLS injection",
+        "Accepting TLS 1.0 or 1.1",
+        "Submission not requiring TLS",
+        "TLS versions accepted",
+        "Every address",
+    },
 }
 # Grafana's values for the built-in interval variables, as substituted into queries.
 BUILTINS = {"__rate_interval": "1m", "__interval": "30s", "__range": "1h"}

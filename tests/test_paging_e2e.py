@@ -31,6 +31,8 @@ import pytest
 import yaml
 
 from tests.conftest import need
+from tests.fixtures.certs import SERVER_NAME
+from tests.fixtures.dns import PoolDns
 from tests.fixtures.postfix import PostfixServer
 from tests.test_alerts import ALERTS, metric_names, rule_groups
 from tests.test_dashboard import (
@@ -65,13 +67,30 @@ TARGETS = {
     "no_starttls": "report",  # STARTTLS not offered
     "expired": "required",  # expired 10 days ago
     "wrong_name": "required",  # trusted, for another name
+    "submission_587": "required",  # takes MAIL FROM before STARTTLS
+    "submission_encrypt": "required",  # refuses it (530)
+    "modern_tls": "report",  # TLS 1.2 and up only
 }
+# The opt-in checks of some of them (docs/checks.md).
+CHECKS = {
+    "relay_25": "{starttls_injection: true, protocols: true}",  # accepts TLS 1.0 and 1.1
+    "no_starttls": "{starttls_injection: true}",  # no verdict: no STARTTLS
+    "submission_587": "{submission_requires_tls: true}",
+    "submission_encrypt": "{submission_requires_tls: true}",
+    "modern_tls": "{protocols: true}",
+}
+# A target with all_addresses: its name has relay_25's address and dead ones (pool_dns).
+POOL = "pool"
 # (alert, target) that the stack must page, and nothing else.
 PAGED = {
     ("SmtpTlsCertificateExpiringCritical", "expiring_soon"),
     ("SmtpTlsStartTLSNotAdvertised", "no_starttls"),
     ("SmtpTlsCertificateExpired", "expired"),
     ("SmtpTlsCertificateVerificationFailed", "wrong_name"),
+    ("SmtpTlsLegacyTLSAccepted", "relay_25"),
+    ("SmtpTlsSubmissionDoesNotRequireTLS", "submission_587"),
+    ("SmtpTlsAddressFailing", POOL),  # its dead addresses, while relay_25's address works
+    ("SmtpTlsLegacyTLSAccepted", POOL),  # the address that works is relay_25's
 }
 
 
@@ -98,15 +117,21 @@ def scrape(exp: ExporterProcess) -> str:
     return text
 
 
-def exporter_config(postfix: PostfixServer) -> str:
+def exporter_config(postfix: PostfixServer, pool: PoolDns) -> str:
     lines = ["defaults:", "  interval: 5s", "  timeout: 5s", "  ehlo_name: exporter.test"]
+    lines.append(f'dns: {{nameservers: ["{pool.server.host}:{pool.server.port}"]}}')
     lines.append("targets:")
     for name, verify in TARGETS.items():
         lst = postfix.listener(name)
+        checks = f", checks: {CHECKS[name]}" if name in CHECKS else ""
         lines.append(
             f"  - {{name: {name}, host: {lst.host}, port: {lst.port}, mode: {lst.mode}, "
-            f"server_name: {lst.server_name}, ca_file: {lst.ca_file}, verify: {verify}}}"
+            f"server_name: {lst.server_name}, ca_file: {lst.ca_file}, verify: {verify}{checks}}}"
         )
+    lines.append(
+        f"  - {{name: {POOL}, host: {pool.name}, port: 25, server_name: {SERVER_NAME}, "
+        f"ca_file: {postfix.ca_file}, all_addresses: true, checks: {{protocols: true}}}}"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -255,17 +280,25 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def exporter(
-    postfix: PostfixServer, tmp_path_factory: pytest.TempPathFactory
+    postfix: PostfixServer, pool_dns: PoolDns, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ExporterProcess]:
     path = tmp_path_factory.mktemp("paging") / "config.yml"
-    path.write_text(exporter_config(postfix))
+    path.write_text(exporter_config(postfix, pool_dns))
     with exporter_process(path) as exp:
         wait_for(
             lambda: scrape(exp),
-            lambda text: all(
-                value(text, "smtp_tls_probe_success", target=name) is not None for name in TARGETS
+            lambda text: (
+                all(
+                    value(text, "smtp_tls_probe_success", target=name) is not None
+                    for name in [*TARGETS, POOL]
+                )
+                and all(
+                    value(text, "smtp_tls_check_last_run_timestamp_seconds", target=name)
+                    is not None
+                    for name in CHECKS
+                )
             ),
-            "a result for every Postfix target",
+            "a result for every Postfix target, and a run of every check",
         )
         yield exp
 
@@ -367,6 +400,7 @@ def test_every_dashboard_panel_query_returns_data(stack: Stack) -> None:
         ("no_starttls", "starttls", "starttls_not_advertised"),
         ("expired", "certificate", "expired"),
         ("wrong_name", "certificate", "hostname_mismatch"),
+        (POOL, "connect", "connection_refused"),  # its dead addresses
     }
     expiring = query(prom, q[("Certificates expiring soonest", "A")])
     assert [r["metric"]["target"] for r in expiring][:2] == ["expired", "expiring_soon"]
@@ -380,10 +414,26 @@ def test_every_dashboard_panel_query_returns_data(stack: Stack) -> None:
         "expiring_soon": "ok",
         "expired": "expired",
         "wrong_name": "hostname_mismatch",
+        "submission_587": "ok",
+        "submission_encrypt": "ok",
+        "modern_tls": "ok",
+        POOL: "ok",
     }
     assert all(r["metric"]["subject"] and r["metric"]["issuer"] for r in details)
     versions = query(prom, q[("TLS versions in use", "A")])
     assert {r["metric"]["version"] for r in versions} <= {"TLS 1.2", "TLS 1.3"}
+    # the security checks: relay_25 (and the pool's good address) accept TLS 1.0 and 1.1
+    assert float(query(prom, q[("Accepting TLS 1.0 or 1.1", "A")])[0]["value"][1]) == 2
+    assert float(query(prom, q[("STARTTLS injection", "A")])[0]["value"][1]) == 0
+    assert float(query(prom, q[("Submission not requiring TLS", "A")])[0]["value"][1]) == 1
+    addresses = query(prom, q[("Every address", "A")])
+    assert sorted(float(r["value"][1]) for r in addresses)[-1] == 1  # the one that works
+    assert {r["metric"]["target"] for r in addresses} == {POOL}
+    no_verdict = query(prom, q[("Checks without a verdict", "A")])
+    assert {(r["metric"]["target"], r["metric"]["check"]) for r in no_verdict} == {
+        ("no_starttls", "starttls_injection"),
+        (POOL, "protocols"),
+    }
 
 
 def test_variable_queries_list_jobs_and_targets(stack: Stack) -> None:
@@ -398,7 +448,7 @@ def test_variable_queries_list_jobs_and_targets(stack: Stack) -> None:
         return {series[label] for series in json.loads(body)["data"] if label in series}
 
     assert wait_for(lambda: label_values("job"), bool, "the job variable's values") == {JOB}
-    assert label_values("target") == set(TARGETS)
+    assert label_values("target") == {*TARGETS, POOL}
     assert label_values("domain") == set()  # no mail domains are probed yet
 
 

@@ -69,7 +69,7 @@ TARGETS = {
     "wrong_name": "required",  # trusted, for another name
 }
 # Mail domains of tests/fixtures/zone.py checked (NAME.example.test), chosen so that every panel of
-# the Mail domains section has data. Their MX hosts are mail.example.test
+# the Mail domains section has data and the domain alerts fire. Their MX hosts are mail.example.test
 # (the relay_25 listener) and expired-mx.example.test (the expired one).
 DOMAINS = {
     "enforce": "enforce",  # everything right
@@ -89,6 +89,11 @@ PAGED = {
     ("SmtpTlsCertificateVerificationFailed", "wrong_name"),
     # the endpoint alerts cover MX hosts too
     ("SmtpTlsCertificateExpired", f"{EXPIRED_MX}:25"),
+    ("SmtpTlsMtaStsEnforcedMxNotCompliant", f"expired.example.test {EXPIRED_MX}"),
+    ("SmtpTlsMtaStsMxNotInPolicy", "mismatch.example.test mail.example.test"),
+    ("SmtpTlsMtaStsPolicyInvalid", "nopolicy.example.test"),
+    ("SmtpTlsMtaStsPolicyInvalid", "badtxt.example.test"),
+    ("SmtpTlsTlsRptRecordInvalid", "badtxt.example.test"),
 }
 
 
@@ -488,7 +493,7 @@ def test_variable_queries_list_jobs_and_targets(stack: Stack) -> None:
 # -- paged ----------------------------------------------------------------------------------
 
 
-def test_expiry_and_starttls_alerts_are_paged_through_alertmanager(stack: Stack) -> None:
+def test_endpoint_and_mail_domain_alerts_are_paged_through_alertmanager(stack: Stack) -> None:
     hook = stack.webhook
     wait_for(
         hook.paged,
@@ -522,8 +527,19 @@ def test_expiry_and_starttls_alerts_are_paged_through_alertmanager(stack: Stack)
     )
     assert "(smtp_tls_starttls_advertised = 0)" in starttls["annotations"]["description"]
 
+    # the outage MTA-STS monitoring is for, with its cause looked up from the MX host's probe
+    outage = alerts[("SmtpTlsMtaStsEnforcedMxNotCompliant", f"expired.example.test {EXPIRED_MX}")]
+    assert outage["labels"]["severity"] == "critical"
+    assert outage["annotations"]["summary"] == (
+        f"MX {EXPIRED_MX} of expired.example.test fails its enforced MTA-STS policy"
+    )
+    assert outage["annotations"]["description"].endswith(
+        "MTA-STS senders refuse to deliver to it. Its certificate: expired."
+    )
     expired_mx = alerts[("SmtpTlsCertificateExpired", f"{EXPIRED_MX}:25")]
     assert expired_mx["labels"]["domain"] == "expired.example.test"
+    invalid = alerts[("SmtpTlsMtaStsPolicyInvalid", "nopolicy.example.test")]
+    assert invalid["labels"]["reason"] == "http_status"
 
     # Alertmanager itself holds them as active alerts
     status, body = http("GET", f"{stack.alertmanager}/api/v2/alerts", timeout=5)

@@ -27,7 +27,7 @@ RESERVED_LABELS = frozenset(
     {
         *("target", "host", "port", "mode"),  # on every per-endpoint series
         *("domain", "mx_preference"),  # on a mail domain's series and its MX probes' series
-        *("mx", "id"),  # smtp_tls_mta_sts_mx_*, smtp_tls_mta_sts_policy_id_info
+        *("mx", "id", "status"),  # smtp_tls_mta_sts_mx_*, ..._policy_id_info, ..._mx_lookup_info
         *("stage", "reason", "phase", "version", "cipher"),  # on one metric each
         *("subject", "issuer", "serial", "fingerprint_sha256"),  # smtp_tls_cert_info
         *("key_type", "key_bits", "signature_algorithm"),

@@ -73,6 +73,9 @@ def test_each_address_has_its_own_series() -> None:
     assert v("smtp_tls_cert_expiry_days", V4_LABELS) is not None
     assert v("smtp_tls_cert_expiry_days", V6_LABELS) is None
     assert v("smtp_tls_probe_duration_seconds", {**V6_LABELS, "phase": "resolve"}) == 0.001
+    # the config's series too, so that rules match them label for label
+    assert v("smtp_tls_probe_interval_seconds", V6_LABELS) == POOL.interval
+    assert v("smtp_tls_cert_verify_required", V4_LABELS) == 0
     # no series of the target without an address: each belongs to one address
     for name, lab, _ in samples(reg):
         if lab.get("target") == POOL.name:
@@ -96,6 +99,8 @@ def test_a_lookup_failure_is_one_set_of_series_without_address() -> None:
         "smtp_tls_probe_failure_info",
         "smtp_tls_probe_duration_seconds",
         "smtp_tls_last_probe_timestamp_seconds",
+        "smtp_tls_probe_interval_seconds",
+        "smtp_tls_cert_verify_required",
     }
 
 

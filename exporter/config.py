@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import yaml
 
 from exporter.checks.config import check_target_checks, read_checks, read_flag
+from exporter.dane.config import DaneConfig, read_dane, read_target_dane
 from exporter.domains.config import DnsConfig, DomainConfig, read_dns, read_domains
 from exporter.model import Checks, Mode, Target, VerifyPolicy, parse_host_port
 from exporter.tls.verify import TrustStoreError, load_trust_store
@@ -48,7 +49,7 @@ _DURATION = re.compile("".join(f"(?:{_NUMBER}{unit})?" for unit in _UNIT_SECONDS
 
 _E = TypeVar("_E", Mode, VerifyPolicy)
 
-_TOP_KEYS = ("defaults", "dns", "targets", "domains", "probe_allowlist")
+_TOP_KEYS = ("defaults", "dns", "dane", "targets", "domains", "probe_allowlist")
 _DEFAULT_KEYS = (
     *("interval", "timeout", "ehlo_name", "ca_file", "verify", "concurrency"),
     *("all_addresses", "checks"),
@@ -57,6 +58,7 @@ _TARGET_KEYS = (
     *("name", "host", "port", "mode", "server_name", "verify", "ca_file"),
     *("interval", "timeout", "ehlo_name", "labels"),
     *("all_addresses", "checks"),
+    *("dane", "dane_names"),
 )
 
 
@@ -89,6 +91,7 @@ class Config:
     defaults: TargetDefaults = TargetDefaults()
     dns: DnsConfig = field(default_factory=DnsConfig)  # for every lookup the exporter makes
     domains: tuple[DomainConfig, ...] = ()  # mail domains (docs/domains.md)
+    dane: DaneConfig = field(default_factory=DaneConfig)  # the TLSA lookups (docs/dane.md)
 
 
 class ConfigError(Exception):
@@ -251,6 +254,7 @@ class _Reader:
             self.p.add("targets", "missing (an empty list is allowed)")
         targets = self.targets(top.get("targets"), defaults)
         domains = read_domains(self, top.get("domains"), defaults)
+        dane = read_dane(self, top)
         allowlist = self.allowlist(top.get("probe_allowlist"))
         target_defaults = TargetDefaults(
             defaults.timeout, defaults.ehlo_name, defaults.ca_file, defaults.verify
@@ -263,6 +267,7 @@ class _Reader:
             target_defaults,
             dns,
             domains,
+            dane,
         )
 
     # --- sections ---
@@ -350,6 +355,7 @@ class _Reader:
             check_target_checks(
                 self, m["checks"], path + ".checks", mode or Mode.for_port(port or 0)
             )
+        dane, dane_names = read_target_dane(self, m, path, host, port, mode)
         given = {k for k in ("interval", "timeout") if k in m}
         parsed = (interval is not None or "interval" not in m) and (
             timeout is not None or "timeout" not in m
@@ -374,6 +380,8 @@ class _Reader:
             labels=labels,
             all_addresses=all_addresses,
             checks=checks,
+            dane=dane,
+            dane_names=dane_names,
         )
 
     def shorthand(self, text: str, path: str, d: _Defaults) -> Target | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from exporter.dane.model import DaneResult
+
 # RFC 8314 section 3.3: 465 is implicit TLS; every other SMTP port (25, 587, 2525) upgrades with
 # STARTTLS (RFC 3207).
 IMPLICIT_TLS_PORTS = frozenset({465})
@@ -69,6 +71,11 @@ class Target:
     all_addresses: bool = False  # probe every A and AAAA of `host`, each on its own
     address: str | None = None  # connect here instead of resolving `host` (one of all_addresses)
     checks: Checks = Checks()
+    # DANE (exporter.dane, docs/dane.md): after each probe, its served chain against the TLSA
+    # records at _25._tcp.HOST; `dane_names` are further names a DANE-TA leaf may carry (the
+    # next-hop domain, RFC 7672 section 3.2.2).
+    dane: bool = False
+    dane_names: tuple[str, ...] = ()
 
     @classmethod
     def create(
@@ -87,6 +94,8 @@ class Target:
         labels: dict[str, str] | None = None,
         all_addresses: bool = False,
         checks: Checks | None = None,
+        dane: bool = False,
+        dane_names: tuple[str, ...] = (),
     ) -> Target:
         return cls(
             name=name or join_host_port(host, port),
@@ -102,6 +111,8 @@ class Target:
             labels=tuple(sorted((labels or {}).items())),
             all_addresses=all_addresses,
             checks=checks or Checks(),
+            dane=dane,
+            dane_names=dane_names,
         )
 
 
@@ -281,6 +292,10 @@ class ProbeResult:
     # A target with all_addresses: one result per address probed (each with `peer_address` and
     # `address_family`); this result then sums them up (success only if every one succeeded).
     addresses: tuple[ProbeResult, ...] = ()
+    # The DANE check of this chain, for a target with `dane` (the service and the commands add
+    # it after the probe, which itself looks up no TLSA record). With all_addresses, on each
+    # address's result.
+    dane: DaneResult | None = None
 
     @property
     def chain_earliest_not_after(self) -> float | None:

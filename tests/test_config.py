@@ -19,6 +19,7 @@ from exporter.config import (
     parse_config,
     parse_duration,
 )
+from exporter.dane.config import DANE_KEYS, DaneConfig
 from exporter.domains.config import DNS_KEYS, DOMAIN_KEYS, DnsConfig, DomainConfig
 from exporter.model import Checks, Mode, Target, VerifyPolicy
 
@@ -439,6 +440,68 @@ INVALID = [
         id="checks-and-all-addresses",
     ),
     pytest.param(
+        """\
+        dane: {timeout: 0, cd_retry: maybe, colour: blue}
+        targets:
+          - {host: mx.example.test, port: 587, dane: true}
+          - {host: 192.0.2.1, port: 25, dane: true}
+          - {host: mx.example.test, port: 25, mode: implicit_tls, dane: true}
+          - {host: mx.example.test, port: 2525, dane_names: [example.test, 5, "a b"]}
+          - {host: mx2.example.test, port: 25, dane: "yes"}
+          - {host: mx3.example.test, port: 25, dane: false, dane_names: example.test}
+        domains:
+          - {name: example.test, dane: true, probe_mx: false}
+          - {name: example.org, dane: 1}
+        """,
+        [
+            "targets[0].dane: only for port 25 (DANE for SMTP, RFC 7672), not 587",
+            "targets[1].dane: needs a host name: TLSA records are looked up at _25._tcp.192.0.2.1",
+            "targets[2].dane: only for mode starttls: MX hosts upgrade with STARTTLS on port 25",
+            "targets[3].dane_names[1]: 5 is not a domain name",
+            'targets[3].dane_names[2]: "a b" is not a domain name',
+            "targets[3].dane_names: only with dane: true",
+            'targets[4].dane: "yes" is not true or false',
+            'targets[5].dane_names: expected a list, got "example.test"',
+            "targets[5].dane_names: only with dane: true",
+            "domains[0].dane: needs probe_mx: DANE checks the chain an MX probe is served",
+            "domains[1].dane: 1 is not true or false",
+            "dane.colour: unknown key",
+            "dane.timeout: 0 is not a positive duration",
+            'dane.cd_retry: "maybe" is not true or false',
+            "dane.nameservers: missing: targets[0].dane, targets[1].dane, targets[2].dane,"
+            " domains[0].dane need a DNSSEC-validating resolver for their TLSA lookups (the"
+            " system's resolver is not used: its AD bit cannot be trusted)",
+        ],
+        id="dane",
+    ),
+    pytest.param(
+        """\
+        dane: {nameservers: []}
+        targets: [{host: mx.example.test, port: 25, dane: true}]
+        """,
+        [
+            "dane.nameservers: empty: targets[0].dane need a DNSSEC-validating resolver for"
+            " their TLSA lookups (the system's resolver is not used: its AD bit cannot be"
+            " trusted)"
+        ],
+        id="dane-without-nameservers",
+    ),
+    pytest.param(
+        """\
+        dane: {nameservers: [mx.example.test, "127.0.0.1:53", 127.0.0.1, "[::1]:x"]}
+        targets: [{host: mx.example.test, port: 25, dane: true}]
+        domains: [{name: example.test, dane: true}]
+        """,
+        [
+            'dane.nameservers[0]: "mx.example.test" is not an IP address or IP:port'
+            " ([IPv6]:port)",
+            "dane.nameservers[2]: listed twice (also dane.nameservers[1])",
+            'dane.nameservers[3]: "[::1]:x" is not an IP address or IP:port ([IPv6]:port)'
+            " ('x' is not a port)",
+        ],
+        id="dane-nameservers",
+    ),
+    pytest.param(
         "targets:\n  - a:25\n - b:25\n",
         [
             "line 3, column 2: expected <block end>, but found '<block sequence start>'"
@@ -776,9 +839,10 @@ def test_example_with_every_option_enabled_loads(ca_pem: Path) -> None:
     # Every option the loader knows is shown in the example.
     assert tuple(raw) == config_module._TOP_KEYS
     assert set(raw["defaults"]) == set(config_module._DEFAULT_KEYS)
-    mappings = [t for t in raw["targets"] if isinstance(t, dict)]
-    assert [set(t) for t in mappings] == [set(config_module._TARGET_KEYS)]
+    mappings = [set(t) for t in raw["targets"] if isinstance(t, dict)]
+    assert set().union(*mappings) == set(config_module._TARGET_KEYS)
     assert set(raw["dns"]) == set(DNS_KEYS)
+    assert set(raw["dane"]) == set(DANE_KEYS)
     domain_mappings = [d for d in raw["domains"] if isinstance(d, dict)]
     assert [set(d) for d in domain_mappings] == [set(DOMAIN_KEYS)]
     config = parse_config(text)
@@ -794,6 +858,9 @@ def test_example_with_every_option_enabled_loads(ca_pem: Path) -> None:
         ("192.0.2.54", 5353),
         ("2001:db8::53", 53),
     )
+    assert config.dane == DaneConfig((("127.0.0.1", 53),), 5.0, True)
+    assert [t.name for t in config.targets if t.dane] == ["mx2.example.com:25"]
+    assert [d.name for d in config.domains if d.dane] == ["example.org"]
 
 
 def test_example_touches_nothing_remote() -> None:
@@ -801,6 +868,7 @@ def test_example_touches_nothing_remote() -> None:
     config = load_config(str(EXAMPLE))
     assert config.domains == ()
     assert config.dns == DnsConfig()
+    assert config.dane == DaneConfig() and not any(t.dane for t in config.targets)
 
 
 def test_defaults_apply_to_hosts_outside_the_config(tmp_path: Path) -> None:
@@ -853,3 +921,29 @@ def test_checks_are_off_without_config() -> None:
     config = parse_config("targets: [localhost:25]\ndomains: [example.test]\n")
     assert config.targets[0].checks == Checks() and not config.targets[0].all_addresses
     assert config.domains[0].checks == Checks() and not config.domains[0].all_addresses
+
+
+def test_dane_for_targets_and_mx_hosts() -> None:
+    config = parse_config(
+        textwrap.dedent(
+            """\
+            dane: {nameservers: ["127.0.0.1:5353", "[::1]"], timeout: 2s, cd_retry: false}
+            targets:
+              - {host: mx.example.test, port: 25, dane: true, dane_names: [Example.TEST.]}
+              - {host: mx.example.test, port: 2525}
+              - mx.example.test:587
+            domains:
+              - {name: example.test, dane: true}
+              - example.org
+            """
+        )
+    )
+    assert config.dane == DaneConfig((("127.0.0.1", 5353), ("::1", 53)), 2.0, False)
+    mx, other, submission = config.targets
+    assert (mx.dane, mx.dane_names) == (True, ("example.test",))
+    assert not other.dane and not submission.dane and other.dane_names == ()
+    assert [d.dane for d in config.domains] == [True, False]
+    # DANE configured but used nowhere is fine; so is DANE nowhere configured
+    assert parse_config("dane: {nameservers: [127.0.0.1]}\ntargets: []\n").dane.nameservers
+    assert parse_config("targets: [mx.example.test:25]\n").dane == DaneConfig()
+    assert DaneConfig().timeout == 5.0 and DaneConfig().cd_retry

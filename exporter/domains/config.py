@@ -26,6 +26,7 @@ DOMAIN_KEYS = (
     *("name", "interval", "probe_mx", "mx_interval"),
     *("timeout", "ca_file", "ehlo_name", "labels"),
     *("all_addresses", "checks"),
+    "dane",
 )
 _NOT_A_DOMAIN = "is not a domain name (two or more labels of letters, digits and hyphens)"
 
@@ -52,6 +53,7 @@ class DomainConfig:
     labels: tuple[tuple[str, str], ...] = ()  # static labels, sorted by name
     all_addresses: bool = False  # probe every address of each MX host
     checks: Checks = field(default_factory=Checks)  # for each MX host; never submission
+    dane: bool = False  # DANE for each MX host (docs/dane.md), the domain as a reference name
 
 
 def read_dns(r: _Reader, data: object) -> DnsConfig:
@@ -141,6 +143,9 @@ def _domain(r: _Reader, item: object, path: str, d: _Defaults) -> DomainConfig |
         all_addresses = bool(read_flag(r, m["all_addresses"], path + ".all_addresses"))
     inherited = replace(d.checks, submission_requires_tls=False)  # MX: port 25
     checks = mx_checks(r, m["checks"], path + ".checks", d.checks) if "checks" in m else inherited
+    dane = "dane" in m and read_flag(r, m["dane"], path + ".dane") is True
+    if dane and probe_mx is False:
+        r.p.add(path + ".dane", "needs probe_mx: DANE checks the chain an MX probe is served")
     if len(r.p.lines) > bad or name is None or checks is None:
         return None
     interval = seconds["interval"] or DEFAULT_DOMAIN_INTERVAL
@@ -163,6 +168,7 @@ def _domain(r: _Reader, item: object, path: str, d: _Defaults) -> DomainConfig |
         labels=tuple(sorted(labels.items())),
         all_addresses=all_addresses,
         checks=checks,
+        dane=dane,
     )
 
 

@@ -46,6 +46,39 @@ async def check_dane(
     name, such as the next-hop domain or, after a secure CNAME expansion, the expanded name
     (RFC 7672 section 3.2.2)."""
     started_at, started = time.time(), time.monotonic()
+    answer: TlsaAnswer | Exception
+    try:
+        answer = await dns.tlsa(names.normalize(mx_host), port)
+    except Exception as exc:
+        answer = exc
+    return verdict(
+        mx_host,
+        answer,
+        served,
+        port=port,
+        extra_names=extra_names,
+        now=now,
+        started_at=started_at,
+        duration=time.monotonic() - started,
+    )
+
+
+def verdict(
+    mx_host: str,
+    answer: TlsaAnswer | Exception,
+    served: ProbeResult | Sequence[bytes],
+    *,
+    port: int = 25,
+    extra_names: Sequence[str] = (),
+    now: datetime.datetime | None = None,
+    started_at: float | None = None,
+    duration: float = 0.0,
+) -> DaneResult:
+    """The DANE check of `served` given the TLSA lookup's `answer` for `mx_host` (or the
+    exception the lookup raised): what `check_dane` returns, for a lookup made beforehand, so
+    that one lookup can run beside the probe and serve every address it probed. `duration` is
+    the lookup's. Never raises."""
+    begun = time.monotonic()
     host = names.normalize(mx_host)
     blank = DaneResult(
         mx_host=host,
@@ -55,15 +88,16 @@ async def check_dane(
         match=False,
         reason=DaneReason.INTERNAL_ERROR,
         reference_names=names.reference_names(host, extra_names),
-        started_at=started_at,
+        started_at=time.time() if started_at is None else started_at,
     )
     try:
-        answer = await dns.tlsa(host, port)
+        if isinstance(answer, Exception):
+            raise answer
         result = _judge(blank, answer, served, now)
     except Exception as exc:
         log.exception("internal error checking DANE for %s", host)
         result = replace(blank, detail=f"{type(exc).__name__}: {exc}")
-    result = replace(result, duration=time.monotonic() - started)
+    result = replace(result, duration=duration + time.monotonic() - begun)
     log.debug(
         "DANE %s: present=%s secure=%s match=%s reason=%s %s",
         host,

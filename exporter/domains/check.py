@@ -106,6 +106,7 @@ class DomainChecker:
         clock: Callable[[], float] = time.time,
         all_addresses: bool = False,
         checks: Checks | None = None,
+        dane: bool = False,
     ) -> None:
         self.domain = normalize_domain(domain)
         self.dns = dns
@@ -119,6 +120,7 @@ class DomainChecker:
         self._clock = clock
         self.all_addresses = all_addresses
         self.checks = checks or Checks()
+        self.dane = dane  # probe_fn adds the DANE check (exporter.dane.run)
 
     async def _probe(self, target: Target) -> ProbeResult:
         return await probe(target, resolver=self.dns.addresses)
@@ -141,6 +143,9 @@ class DomainChecker:
             },
             all_addresses=self.all_addresses,
             checks=self.checks,
+            # RFC 7672 section 3.2.2: the next-hop domain is a reference identifier too
+            dane=self.dane,
+            dane_names=(self.domain,) if self.dane else (),
         )
 
     async def check(self, *, probe_mx: bool = True) -> DomainResult:

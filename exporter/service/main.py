@@ -35,6 +35,7 @@ from exporter.model import ProbeResult, Target, join_host_port
 from exporter.probe import probe
 from exporter.service.check_scheduler import CheckScheduler
 from exporter.service.collector import SmtpTlsCollector
+from exporter.service.dane_runner import DaneRunner
 from exporter.service.domain_scheduler import CheckerFactory, DomainScheduler
 from exporter.service.http import HttpServer, ProbeRefused
 from exporter.service.logs import FORMATS, LEVELS, setup_logging
@@ -214,6 +215,7 @@ class Service:
         self._resolver = endpoint_resolver(config.dns)
         self._dns: tuple[DnsConfig, Dns] | None = None  # the domain checks' DNS, built on use
         self._probe_fn = probe_fn or self._probe
+        self._dane = DaneRunner(config.dane)  # each probe of a target with `dane` gets its check
         self._checks = CheckScheduler(self.state, self._run_checks)
         self._scheduler = Scheduler(
             self.state, concurrency=config.concurrency, probe_fn=self._scheduled_probe
@@ -275,6 +277,9 @@ class Service:
             if config.dns != self.config.dns:
                 self._resolver = endpoint_resolver(config.dns)
                 changes["dns"] = {"changed"}
+            if config.dane != self.config.dane:
+                self._dane.config = config.dane
+                changes["dane"] = {"changed"}
             await self._scheduler.update(config.targets, config.concurrency)
             await self._domains.update(config.domains, config.dns)
             self.config = config
@@ -366,8 +371,9 @@ class Service:
         return await probe(target, resolver=self._resolver)
 
     async def _scheduled_probe(self, target: Target) -> ProbeResult:
-        """A scheduled probe (of a target or an MX host), then its opt-in checks if due."""
-        result = await self._probe_fn(target)
+        """A scheduled probe (of a target or an MX host) with its DANE check, then its opt-in
+        checks if due."""
+        result = await self._dane.probe(target, self._probe_fn)
         self._checks.after_probe(result)
         return result
 
@@ -389,6 +395,7 @@ class Service:
             probe_fn=self._scheduler.probe_mx,
             all_addresses=domain.all_addresses,
             checks=domain.checks,
+            dane=domain.dane,
         )
 
     async def _run_on_demand(self, target: Target) -> ProbeResult:
@@ -396,7 +403,7 @@ class Service:
         assert task is not None
         self._on_demand_tasks.add(task)
         try:
-            return await self._probe_fn(target)
+            return await self._dane.probe(target, self._probe_fn)
         finally:
             self._on_demand_tasks.discard(task)
 

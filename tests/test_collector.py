@@ -48,7 +48,7 @@ from exporter.model import (
 )
 from exporter.service.collector import SmtpTlsCollector
 from exporter.service.state import ServiceState, Snapshot
-from tests import check_results
+from tests import check_results, dane_results
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 NOW = 1_760_000_000.0  # 2025-10-09, the scrape time unless a test moves the clock
@@ -581,7 +581,15 @@ def rich_registry() -> CollectorRegistry:
     add_domains(state, (ENFORCED, enforced()), (BROKEN, broken()))
     state.reload_success_timestamp = NOW - 60
     add_checks(state)
+    add_dane(state)
     return registry_for(state)
+
+
+def add_dane(state: ServiceState) -> None:
+    """A target with a DANE check."""
+    target = dataclasses.replace(RELAY, name="dane", dane=True)
+    state.set_targets((*state.targets, target))
+    state.record(dane_results.checked(starttls_ok(target)), lag=0.0)
 
 
 def add_checks(state: ServiceState) -> None:

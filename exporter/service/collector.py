@@ -33,6 +33,7 @@ from exporter import __version__
 from exporter.checks.model import CheckRun
 from exporter.model import Mode, ProbeResult, Target, VerifyPolicy
 from exporter.service.check_metrics import CHECK_HELP, add_check_samples
+from exporter.service.dane_metrics import DANE_HELP, add_dane_samples
 from exporter.service.domain_metrics import (
     add_domain_config_samples,
     add_domain_samples,
@@ -127,7 +128,7 @@ class SmtpTlsCollector(Collector):
             yield from _exporter_families(snap)
         families = {
             name: GaugeMetricFamily(name, _help(text, self._on_demand))
-            for name, text in (_ENDPOINT_HELP | CHECK_HELP).items()
+            for name, text in (_ENDPOINT_HELP | CHECK_HELP | DANE_HELP).items()
         }
         for target in snap.targets:
             result = snap.results.get(target.name)
@@ -333,3 +334,4 @@ def _one_endpoint(
         add("smtp_tls_cert_hostname_match", v.hostname_match)
         add("smtp_tls_cert_verify_info", 1, reason=str(v.reason))
     add_check_samples(add, check_runs)
+    add_dane_samples(add, r.dane)

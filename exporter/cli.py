@@ -12,6 +12,10 @@ from exporter import __version__
 from exporter.checks.model import CheckName
 from exporter.checks.report import CheckReport, checks_json, render_checks
 from exporter.checks.run import run_checks
+from exporter.dane.cli import add_dane_arguments, check_dane_endpoint, dane_config
+from exporter.dane.config import DaneConfig
+from exporter.dane.report import FINE, checks_of
+from exporter.dane.run import probe_with_dane
 from exporter.model import (
     Checks,
     Mode,
@@ -63,6 +67,7 @@ def _probe_parser() -> argparse.ArgumentParser:
         choices=[c.value for c in CheckName],
         help="after the probe, run this opt-in check too (repeatable; docs/checks.md)",
     )
+    add_dane_arguments(p, "HOST, an MX host on port 25")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--version", action="version", version=f"smtp-tls-exporter {__version__}")
     return p
@@ -82,6 +87,11 @@ def probe_command(argv: list[str]) -> int:
             load_trust_store(args.ca_file)
         except TrustStoreError as exc:
             parser.error(str(exc))
+    dane = dane_config(parser, args)
+    if dane is not None:
+        check_dane_endpoint(
+            parser, host, port, Mode(args.mode) if args.mode else Mode.for_port(port)
+        )
     target = Target.create(
         host,
         port,
@@ -93,21 +103,24 @@ def probe_command(argv: list[str]) -> int:
         timeout=args.timeout,
         all_addresses=args.all_addresses,
         checks=Checks(**dict.fromkeys(args.check, True)),
+        dane=dane is not None,
     )
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    result, checks = asyncio.run(_probe_and_check(target))
+    result, checks = asyncio.run(_probe_and_check(target, dane or DaneConfig()))
     if args.json:
         print(json.dumps({**to_json(result), "checks": checks_json(checks)}, indent=2))
     else:
         print(render_text(result))
         if checks:
             print("\n" + render_checks(checks))
-    return 0 if result.success else 1
+    dane_ok = all(d.reason in FINE for _, d in checks_of(result))
+    return 0 if result.success and dane_ok else 1
 
 
-async def _probe_and_check(target: Target) -> tuple[ProbeResult, CheckReport]:
-    """The probe, then (if asked) the checks at each address it probed, or where it connected."""
-    result = await probe(target)
+async def _probe_and_check(target: Target, dane: DaneConfig) -> tuple[ProbeResult, CheckReport]:
+    """The probe (with its DANE check if asked), then (if asked) the checks at each address it
+    probed, or where it connected."""
+    result = await probe_with_dane(target, probe, dane)
     if not target.checks.enabled:
         return result, []
     where: list[str | None]

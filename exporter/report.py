@@ -6,6 +6,7 @@ import dataclasses
 import time
 from typing import Any
 
+from exporter.dane.report import dane_json, dane_lines
 from exporter.model import CertFacts, ProbeResult
 
 
@@ -47,6 +48,7 @@ def to_json(result: ProbeResult, now: float | None = None) -> dict[str, Any]:
         "chain_earliest_not_after": r.chain_earliest_not_after,
         "transcript": [dataclasses.asdict(e) for e in r.transcript],
         "addresses": [to_json(one, now) for one in r.addresses],  # all_addresses: each's own
+        "dane": dane_json(r.dane),  # with all_addresses: in each address's
     }
 
 
@@ -126,6 +128,7 @@ def render_text(result: ProbeResult, now: float | None = None) -> str:
         add(f"  trusted:        {'yes' if v.trusted else 'NO'}")
         add(f"  hostname match: {'yes' if v.hostname_match else 'NO'}")
         add(f"  outcome:        {v.reason}" + (f" ({v.detail})" if v.detail else ""))
+    out.extend(dane_lines(r))
     if r.transcript:
         add("")
         add("Transcript")

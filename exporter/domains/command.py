@@ -11,10 +11,13 @@ import logging
 import dns.resolver
 
 from exporter import __version__
+from exporter.dane.cli import add_dane_arguments, dane_config
+from exporter.dane.run import probe_with_dane
 from exporter.domains.check import DomainChecker, is_domain_name, normalize_domain
 from exporter.domains.fetch import Dns
 from exporter.domains.report import problems, render_text, to_json
-from exporter.model import parse_host_port
+from exporter.model import ProbeResult, Target, parse_host_port
+from exporter.probe import probe
 from exporter.tls.verify import TrustStoreError, load_trust_store
 
 
@@ -46,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ehlo-name", help="name to send in EHLO (default: this machine's FQDN)")
     p.add_argument("--no-probe", action="store_true", help="do not probe the MX hosts")
+    add_dane_arguments(p, "each MX host, with DOMAIN as a further DANE-TA name")
     p.add_argument("--version", action="version", version=f"smtp-tls-exporter {__version__}")
     return p
 
@@ -82,6 +86,15 @@ def check_domain_command(argv: list[str]) -> int:
             dnsx = Dns.system(args.timeout)
         except dns.resolver.NoResolverConfiguration:
             parser.error("no name server in /etc/resolv.conf: give --dns-server")
+    dane = dane_config(parser, args)
+    if dane is not None and args.no_probe:
+        parser.error("--dane needs the MX probes: it checks the chain each one is served")
+
+    async def probe_mx(target: Target) -> ProbeResult:
+        if dane is None:
+            return await probe(target, resolver=dnsx.addresses)
+        return await probe_with_dane(target, lambda t: probe(t, resolver=dnsx.addresses), dane)
+
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     checker = DomainChecker(
         domain,
@@ -90,6 +103,8 @@ def check_domain_command(argv: list[str]) -> int:
         timeout=args.timeout,
         probe_timeout=args.timeout,
         ehlo_name=args.ehlo_name,
+        probe_fn=probe_mx,
+        dane=dane is not None,
     )
     result = asyncio.run(checker.check(probe_mx=not args.no_probe))
     if args.json:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from exporter.dane.report import FINE, checks_of, summary_lines
 from exporter.domains.model import (
     CheckReason,
     DomainResult,
@@ -49,7 +50,7 @@ def findings(r: DomainResult) -> list[Finding]:
     """What an operator should fix, most fundamental first; empty when all is well. A domain
     without MTA-STS or TLS-RPT records is not a problem; a broken record or policy is. Codes:
     `mx_lookup_failed`, `no_mx`, an MTA-STS failure reason (`multiple_records` ... `timeout`),
-    `invalid_mx_pattern`, `mx_mismatch`, `mx_not_compliant`, `tlsrpt_invalid`."""
+    `invalid_mx_pattern`, `mx_mismatch`, `mx_not_compliant`, `dane_failed`, `tlsrpt_invalid`."""
     out: list[Finding] = []
     if r.mx.status in (MxStatus.ERROR, MxStatus.NONE):
         code = "mx_lookup_failed" if r.mx.status is MxStatus.ERROR else "no_mx"
@@ -71,6 +72,11 @@ def findings(r: DomainResult) -> list[Finding]:
         if c.compliant is False and c.probe is not None:
             text = f"MX {c.name} is not MTA-STS compliant: {why_not_compliant(c.probe)}"
             out.append(Finding("mx_not_compliant", text))
+        for address, dane in checks_of(c.probe) if c.probe is not None else ():
+            if dane.reason not in FINE:
+                at = f" at {address}" if address else ""
+                text = f"MX {c.name}{at}: DANE {dane.reason}: {dane.detail}"
+                out.append(Finding("dane_failed", text))
     rpt = r.tlsrpt
     if rpt.failure is not None and rpt.failure.reason is not CheckReason.NO_RECORD:
         text = f"TLS-RPT {rpt.failure.reason}: {rpt.failure.detail}"
@@ -241,3 +247,5 @@ def _probe_text(p: ProbeResult, now: float, add: _Add) -> None:
             f"  trusted: {_yes(v.trusted)}  valid for {p.target.server_name}: "
             f"{_yes(v.hostname_match)}  ({v.reason}{': ' + v.detail if v.detail else ''})"
         )
+    for line in summary_lines(p):
+        add(line)

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from exporter.dane.model import DaneReason
 from tests.conftest import need
 from tests.test_alerts import metric_selectors
 
@@ -58,6 +59,14 @@ SECTIONS = {
         "Submission not requiring TLS",
         "TLS versions accepted",
         "Every address",
+    },
+    "DANE": {
+        "DANE authenticated",
+        "DANE: mail deferred",
+        "DANE not in force",
+        "TLSA lookups failing",
+        "DANE by endpoint",
+        "DANE over time",
     },
     "Exporter": {"Config reload", "Probe rate by result", "Scheduler lag"},
 }
@@ -305,6 +314,33 @@ def test_mail_domain_panels_show_mode_validity_mx_and_tlsrpt() -> None:
     (mapping,) = timeline["fieldConfig"]["defaults"]["mappings"]
     shown = {v["text"] for v in mapping["options"].values()}
     assert shown == {"enforce", "testing", "none", "absent", "invalid"}
+
+
+def test_dane_panels_show_every_verdict() -> None:
+    dashboard = load_dashboard()
+    by_title = {p["title"]: p for p in sections(dashboard)["DANE"]}
+    table = by_title["DANE by endpoint"]
+    assert table["transformations"][0]["id"] == "merge"
+    organize = table["transformations"][-1]
+    names = set(organize["options"]["renameByName"].values())
+    assert {"Target", "Domain", "Address", "Verdict", "TLSA", "DNSSEC secure", "Match"} <= names
+    assert {"Records", "Unusable"} <= names
+    (verdicts,) = (
+        o for o in table["fieldConfig"]["overrides"] if o["matcher"]["options"] == "Verdict"
+    )
+    colors = verdicts["properties"][0]["value"][0]["options"]
+    assert set(colors) == {str(r) for r in DaneReason}, "a color for every reason"
+    # the timeline and the stats sort every reason into one state each
+    timeline = by_title["DANE over time"]["targets"][0]["expr"]
+    stats = " ".join(
+        by_title[t]["targets"][0]["expr"]
+        for t in ("DANE: mail deferred", "DANE not in force", "TLSA lookups failing")
+    )
+    for reason in DaneReason:
+        in_timeline = re.findall(rf'reason=~"[^"]*\b{reason}\b[^"]*"', timeline)
+        assert len(in_timeline) == 1, reason
+        in_stats = re.findall(rf'reason=~"[^"]*\b{reason}\b[^"]*"', stats)
+        assert len(in_stats) == (0 if reason in ("ok", "no_tlsa") else 1), reason
 
 
 def test_substitute() -> None:

@@ -1,5 +1,6 @@
 """Paged, end to end: the exporter probes the real Postfix and checks mail domains served by the
-real dnsmasq and nginx of tests/fixtures/zone.py (their MX hosts are that Postfix), a real
+real dnsmasq and nginx of tests/fixtures/zone.py (their MX hosts are that Postfix), one MX host
+with DANE against the signed zone and validating unbound of tests/fixtures/dnssec.py, a real
 Prometheus scrapes it and evaluates grafana/alerts.yml, and a real Alertmanager delivers the alerts
 to a webhook receiver in this test. Over the same stack, every query of grafana/dashboard.json
 returns data through Prometheus' HTTP API, and every metric the dashboard and the rules name is
@@ -34,6 +35,7 @@ import yaml
 from tests.conftest import need
 from tests.fixtures.certs import SERVER_NAME
 from tests.fixtures.dns import PoolDns
+from tests.fixtures.dnssec import DnssecWorld
 from tests.fixtures.postfix import PostfixServer
 from tests.fixtures.zone import MailDomains
 from tests.test_alerts import ALERTS, metric_names, rule_groups
@@ -83,6 +85,9 @@ CHECKS = {
 }
 # A target with all_addresses: its name has relay_25's address and dead ones (pool_dns).
 POOL = "pool"
+# A target with DANE: mail.example.test (relay_25 in both zones), its TLSA records from the signed
+# zone of tests/fixtures/dnssec.py through its validating unbound (`dane.nameservers`).
+DANE = "dane"
 # Mail domains of tests/fixtures/zone.py checked (NAME.example.test), chosen so that every panel of
 # the Mail domains section has data and the domain alerts fire. Their MX hosts are mail.example.test
 # (the relay_25 listener) and expired-mx.example.test (the expired one).
@@ -147,13 +152,17 @@ def scrape(exp: ExporterProcess) -> str:
     return text
 
 
-def exporter_config(postfix: PostfixServer, world: MailDomains, pool: PoolDns) -> str:
+def exporter_config(
+    postfix: PostfixServer, world: MailDomains, pool: PoolDns, signed: DnssecWorld
+) -> str:
     lines = ["defaults:", "  interval: 5s", "  timeout: 5s", "  ehlo_name: exporter.test"]
     # The zone's name server and the CA of the policy hosts and MX hosts: through the config only.
     # The pool's name server comes second: the zone's answers REFUSED for its name.
     lines += [f"  ca_file: {world.ca_file}", "dns:"]
     servers = f'"{world.dns.host}:{world.dns.port}", "{pool.server.host}:{pool.server.port}"'
     lines += [f"  nameservers: [{servers}]", "  timeout: 2s"]
+    resolver = f"{signed.resolver.host}:{signed.resolver.port}"
+    lines += ["dane:", f'  nameservers: ["{resolver}"]']
     lines.append("targets:")
     for name, verify in TARGETS.items():
         lst = postfix.listener(name)
@@ -166,6 +175,7 @@ def exporter_config(postfix: PostfixServer, world: MailDomains, pool: PoolDns) -
         f"  - {{name: {POOL}, host: {pool.name}, port: 25, server_name: {SERVER_NAME}, "
         f"ca_file: {postfix.ca_file}, all_addresses: true, checks: {{protocols: true}}}}"
     )
+    lines.append(f"  - {{name: {DANE}, host: mail.example.test, port: 25, dane: true}}")
     lines.append("domains:")
     lines += [f"  - {world.domain(name)}" for name in DOMAINS]
     return "\n".join(lines) + "\n"
@@ -319,10 +329,11 @@ def exporter(
     postfix: PostfixServer,
     mail_domains: MailDomains,
     pool_dns: PoolDns,
+    dnssec_world: DnssecWorld,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ExporterProcess]:
     path = tmp_path_factory.mktemp("paging") / "config.yml"
-    path.write_text(exporter_config(postfix, mail_domains, pool_dns))
+    path.write_text(exporter_config(postfix, mail_domains, pool_dns, dnssec_world))
     stamp = "smtp_tls_domain_last_check_timestamp_seconds"
     with exporter_process(path) as exp:
         wait_for(
@@ -330,8 +341,9 @@ def exporter(
             lambda text: (
                 all(
                     value(text, "smtp_tls_probe_success", target=name) is not None
-                    for name in [*TARGETS, POOL]
+                    for name in [*TARGETS, POOL, DANE]
                 )
+                and value(text, "smtp_tls_dane_match", target=DANE) is not None
                 and all(
                     value(text, "smtp_tls_check_last_run_timestamp_seconds", target=name)
                     is not None
@@ -340,7 +352,8 @@ def exporter(
                 # a domain's MX probes are recorded with its check
                 and all(value(text, stamp, domain=mail_domains.domain(n)) for n in DOMAINS)
             ),
-            "a result for every Postfix target and every mail domain, a run of every check",
+            "a result for every Postfix target and every mail domain, a run of every check, "
+            "a DANE check",
         )
         yield exp
 
@@ -469,6 +482,7 @@ def test_every_dashboard_panel_query_returns_data(stack: Stack) -> None:
         ("submission_encrypt", None): "ok",
         ("modern_tls", None): "ok",
         (POOL, None): "ok",
+        (DANE, None): "ok",
         (f"{EXPIRED_MX}:25", "expired.example.test"): "expired",
         **mx_rows,
     }
@@ -488,6 +502,15 @@ def test_every_dashboard_panel_query_returns_data(stack: Stack) -> None:
         ("no_starttls", "starttls_injection"),
         (POOL, "protocols"),
     }
+
+    # the DANE section: mail.example.test's DANE-TA record matches
+    assert float(query(prom, q[("DANE authenticated", "A")])[0]["value"][1]) == 1
+    for title in ("DANE: mail deferred", "DANE not in force", "TLSA lookups failing"):
+        assert float(query(prom, q[(title, "A")])[0]["value"][1]) == 0, title
+    (row,) = query(prom, q[("DANE by endpoint", "A")])
+    assert (row["metric"]["target"], row["metric"]["reason"], row["value"][1]) == (DANE, "ok", "1")
+    (state,) = query(prom, q[("DANE over time", "A")])
+    assert (state["metric"]["target"], float(state["value"][1])) == (DANE, 2)
 
     # the Mail domains section
     domains = query(prom, q[("Domains", "A")])
@@ -539,7 +562,7 @@ def test_variable_queries_list_jobs_and_targets(stack: Stack) -> None:
 
     assert wait_for(lambda: label_values("job"), bool, "the job variable's values") == {JOB}
     mx_targets = {"mail.example.test:25", f"{EXPIRED_MX}:25"}
-    assert label_values("target") == set(TARGETS) | mx_targets | {POOL}
+    assert label_values("target") == set(TARGETS) | mx_targets | {POOL, DANE}
     assert label_values("domain") == {f"{n}.example.test" for n in DOMAINS}
 
 

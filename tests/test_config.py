@@ -493,8 +493,7 @@ INVALID = [
         domains: [{name: example.test, dane: true}]
         """,
         [
-            'dane.nameservers[0]: "mx.example.test" is not an IP address or IP:port'
-            " ([IPv6]:port)",
+            'dane.nameservers[0]: "mx.example.test" is not an IP address or IP:port ([IPv6]:port)',
             "dane.nameservers[2]: listed twice (also dane.nameservers[1])",
             'dane.nameservers[3]: "[::1]:x" is not an IP address or IP:port ([IPv6]:port)'
             " ('x' is not a port)",

@@ -13,6 +13,10 @@ which the backend runs on the event loop. Routes:
     GET  /-/healthy           200 while the process serves
     GET  /-/ready             200 once the config is loaded and the scheduler runs, else 503
     POST /-/reload            reload the config: 200, or 500 with every problem (old one kept)
+
+With a web config (`--web.config.file`, exporter.web) every connection and request goes through
+its guard first: TLS and client certificates per connection; rate limit, basic auth and the
+extra response headers per request, on every route.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import time
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client.exposition import choose_encoder, generate_latest, gzip_accepted
@@ -37,6 +41,7 @@ from exporter.model import ProbeResult, join_host_port
 from exporter.report import render_text
 from exporter.service.landing import landing_page
 from exporter.service.state import Snapshot
+from exporter.web.guard import Active, WebGuard
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,9 @@ TEXT = "text/plain; charset=utf-8"
 HTML = "text/html; charset=utf-8"
 # Request bodies are only ever empty (POST /-/reload); anything larger is not read.
 MAX_BODY = 64 * 1024
+# Seconds a connection may sit idle (between requests, or in the middle of one) before it is
+# closed, so that clients that connect and say nothing cannot hold the server's threads for ever.
+IDLE_TIMEOUT = 120.0
 
 
 class ProbeRefused(Exception):
@@ -81,15 +89,16 @@ class Backend(Protocol):
 class HttpServer:
     """The HTTP server and the thread that runs it."""
 
-    def __init__(self, host: str, port: int, backend: Backend) -> None:
-        """Bind now (OSError if that fails); "" means every interface, IPv6 and IPv4."""
+    def __init__(self, host: str, port: int, backend: Backend, web: WebGuard | None = None) -> None:
+        """Bind now (OSError if that fails); "" means every interface, IPv6 and IPv4.
+        `web` enforces a web config (TLS, basic auth, headers, rate limit)."""
         try:
-            self._server = _Server(host, port, backend)
+            self._server = _Server(host, port, backend, web)
         except OSError:
             if host != "":
                 raise
             # No IPv6 here (a container with it disabled, say): every IPv4 interface.
-            self._server = _Server("0.0.0.0", port, backend)
+            self._server = _Server("0.0.0.0", port, backend, web)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="http", kwargs={"poll_interval": 0.2}
         )
@@ -103,7 +112,9 @@ class HttpServer:
     @property
     def url(self) -> str:
         host, port = self.address
-        return f"http://{join_host_port(host, port)}"
+        web = self._server.web
+        scheme = "https" if web is not None and web.current().context is not None else "http"
+        return f"{scheme}://{join_host_port(host, port)}"
 
     def start(self) -> None:
         self._thread.start()
@@ -131,10 +142,29 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a request stuck on a probe never blocks the process from exiting
     block_on_close = False
 
-    def __init__(self, host: str, port: int, backend: Backend) -> None:
+    def __init__(self, host: str, port: int, backend: Backend, web: WebGuard | None) -> None:
         self.address_family, address, self._dual_stack = _bind_family(host)
         self.backend = backend
+        self.web = web
         super().__init__((address, port), _Handler)
+
+    def finish_request(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any
+    ) -> None:
+        # On the connection's own thread: a slow TLS handshake never blocks accepting others.
+        assert isinstance(request, socket.socket)
+        active = self.web.current() if self.web is not None else None
+        if active is None or active.context is None:
+            super().finish_request(request, client_address)
+            return
+        assert self.web is not None
+        tls = self.web.accept(request, active)
+        if tls is None:
+            return
+        try:
+            _Handler(tls, client_address, self)
+        finally:
+            tls.close()
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind would look up the host's FQDN (a DNS query) only to fill
@@ -153,6 +183,8 @@ Route = Callable[["_Handler", dict[str, list[str]]], None]
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    timeout = IDLE_TIMEOUT
+    _extra_headers: tuple[tuple[str, str], ...] = ()
 
     def version_string(self) -> str:
         return f"smtp-tls-exporter/{__version__}"
@@ -174,6 +206,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         url = urlsplit(self.path)
         self._discard_body()
+        web = self.server.web
+        if web is not None and not self._admitted(web, web.current()):
+            return
         route: Route
         if url.path == "/-/reload":
             route, allowed = _Handler.reload, ("POST", "PUT")
@@ -194,6 +229,24 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:
             log.exception("error serving %s", url.path)
             self.send_text(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; see the log\n")
+
+    def _admitted(self, web: WebGuard, active: Active) -> bool:
+        """Rate limit, then basic auth; False once the refusal is sent."""
+        self._extra_headers = active.config.headers
+        if not web.admit(active):
+            self.send_text(
+                HTTPStatus.TOO_MANY_REQUESTS, "Too many requests.\n", headers={"Retry-After": "1"}
+            )
+            return False
+        if not web.authorized(active, self.headers.get("Authorization")):
+            log.debug("unauthorized request", extra={"client": self.address_string()})
+            self.send_text(
+                HTTPStatus.UNAUTHORIZED,
+                "Unauthorized.\n",
+                headers={"WWW-Authenticate": 'Basic realm="smtp-tls-exporter", charset="UTF-8"'},
+            )
+            return False
+        return True
 
     def _discard_body(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -304,6 +357,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        for key, value in self._extra_headers:
             self.send_header(key, value)
         self.end_headers()
         if self.command != "HEAD":

@@ -39,6 +39,8 @@ from exporter.service.on_demand import choose_target, on_demand_registry
 from exporter.service.resolvers import domain_dns, endpoint_resolver
 from exporter.service.scheduler import ProbeFn, Scheduler, log_result
 from exporter.service.state import ServiceState, Snapshot
+from exporter.web.config import WebConfigError, describe_web_config, load_web_config
+from exporter.web.guard import WebGuard
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="[HOST]:PORT",
         help="address to serve HTTP on; ':PORT' is every interface (default: %(default)s)",
     )
+    p.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        default=None,
+        metavar="PATH",
+        help="web config in the exporter-toolkit format: TLS, basic auth, response headers, "
+        "rate limit (docs/security.md); re-read when it changes",
+    )
     p.add_argument("--log.level", dest="log_level", choices=list(LEVELS), default="info")
     p.add_argument("--log.format", dest="log_format", choices=list(FORMATS), default="logfmt")
     p.add_argument("--version", action="version", version=f"smtp-tls-exporter {__version__}")
@@ -107,7 +117,7 @@ def serve_command(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.config_check:
-        return check_config(args.config_file)
+        return check_config(args.config_file, args.web_config_file)
     try:
         host, port = parse_listen_address(args.listen_address)
     except ValueError as exc:
@@ -118,17 +128,35 @@ def serve_command(argv: list[str]) -> int:
     except ConfigError as exc:
         _print_problems(args.config_file, exc)
         return 1
-    return asyncio.run(_serve(config, args.config_file, host, port))
+    web = None
+    if args.web_config_file is not None:
+        try:
+            web = WebGuard(load_web_config(args.web_config_file), args.web_config_file)
+        except WebConfigError as exc:
+            _print_problems(args.web_config_file, exc, what="web config")
+            return 1
+    return asyncio.run(_serve(config, args.config_file, host, port, web))
 
 
-def check_config(path: str) -> int:
+def check_config(path: str, web_path: str | None = None) -> int:
+    """--config.check: the config file, and the web config file when one is given."""
+    status = 0
     try:
         config = load_config(path)
     except ConfigError as exc:
         _print_problems(path, exc)
-        return 1
-    print(f"{path}: OK ({_counts(config)})")
-    return 0
+        status = 1
+    else:
+        print(f"{path}: OK ({_counts(config)})")
+    if web_path is not None:
+        try:
+            web = load_web_config(web_path)
+        except WebConfigError as exc:
+            _print_problems(web_path, exc, what="web config")
+            status = 1
+        else:
+            print(f"{web_path}: OK ({describe_web_config(web)})")
+    return status
 
 
 def _counts(config: Config) -> str:
@@ -137,13 +165,15 @@ def _counts(config: Config) -> str:
     return text + (f", {len(config.domains)} domains" if config.domains else "")
 
 
-def _print_problems(path: str, exc: ConfigError) -> None:
-    print(f"{path}: invalid config ({len(exc.problems)} problems):", file=sys.stderr)
+def _print_problems(path: str, exc: ConfigError | WebConfigError, what: str = "config") -> None:
+    print(f"{path}: invalid {what} ({len(exc.problems)} problems):", file=sys.stderr)
     for line in exc.problems:
         print(f"  {line}", file=sys.stderr)
 
 
-async def _serve(config: Config, config_path: str, host: str, port: int) -> int:
+async def _serve(
+    config: Config, config_path: str, host: str, port: int, web: WebGuard | None = None
+) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     reloads: set[asyncio.Task[tuple[bool, str]]] = set()
@@ -160,7 +190,7 @@ async def _serve(config: Config, config_path: str, host: str, port: int) -> int:
 
     service = Service(config, config_path)
     try:
-        server = HttpServer(host, port, service)
+        server = HttpServer(host, port, service, web)
     except OSError as exc:
         where = join_host_port(host or "*", port)
         log.error("cannot listen on %s: %s", where, exc.strerror or exc)
@@ -172,6 +202,14 @@ async def _serve(config: Config, config_path: str, host: str, port: int) -> int:
         async with running(service, server):
             # Tests started on port 0 read the port from this line.
             log.info("listening on %s", join_host_port(*server.address))
+            if web is not None:
+                log.info(
+                    "web config in force",
+                    extra={
+                        "web_config": web.path,
+                        "web": describe_web_config(web.current().config),
+                    },
+                )
             await stop.wait()
     finally:
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):

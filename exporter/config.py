@@ -20,6 +20,7 @@ from exporter.tls.verify import TrustStoreError, load_trust_store
 DEFAULT_INTERVAL = 60.0
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_CONCURRENCY = 50
+DEFAULT_HOST_CONCURRENCY = 2  # connections to one mail host at once (exporter.service.manners)
 
 # Label names the exporter sets itself; a static label with one of these names would clash.
 RESERVED_LABELS = frozenset(
@@ -46,7 +47,10 @@ _DURATION = re.compile("".join(f"(?:{_NUMBER}{unit})?" for unit in _UNIT_SECONDS
 _E = TypeVar("_E", Mode, VerifyPolicy)
 
 _TOP_KEYS = ("defaults", "dns", "targets", "domains", "probe_allowlist")
-_DEFAULT_KEYS = ("interval", "timeout", "ehlo_name", "ca_file", "verify", "concurrency")
+_DEFAULT_KEYS = (
+    *("interval", "timeout", "ehlo_name", "ca_file", "verify", "concurrency"),
+    "host_concurrency",
+)
 _TARGET_KEYS = (
     *("name", "host", "port", "mode", "server_name", "verify", "ca_file"),
     *("interval", "timeout", "ehlo_name", "labels"),
@@ -61,11 +65,13 @@ class TargetDefaults:
     ehlo_name: str | None = None
     ca_file: str | None = None
     verify: VerifyPolicy | None = None  # None: by port
+    interval: float = DEFAULT_INTERVAL  # how long /probe answers from the last probe's result
 
     def target(self, host: str, port: int) -> Target:
         return Target.create(
             host,
             port,
+            interval=self.interval,
             timeout=self.timeout,
             ehlo_name=self.ehlo_name,
             ca_file=self.ca_file,
@@ -82,6 +88,7 @@ class Config:
     defaults: TargetDefaults = TargetDefaults()
     dns: DnsConfig = field(default_factory=DnsConfig)  # for every lookup the exporter makes
     domains: tuple[DomainConfig, ...] = ()  # mail domains (docs/domains.md)
+    host_concurrency: int = DEFAULT_HOST_CONCURRENCY  # probes connected to one host at once
 
 
 class ConfigError(Exception):
@@ -219,6 +226,7 @@ class _Defaults:
     ca_file: str | None = None
     verify: VerifyPolicy | None = None  # None: by port
     concurrency: int = DEFAULT_CONCURRENCY
+    host_concurrency: int = DEFAULT_HOST_CONCURRENCY
     given: set[str] = field(default_factory=set)
 
 
@@ -244,7 +252,11 @@ class _Reader:
         domains = read_domains(self, top.get("domains"), defaults)
         allowlist = self.allowlist(top.get("probe_allowlist"))
         target_defaults = TargetDefaults(
-            defaults.timeout, defaults.ehlo_name, defaults.ca_file, defaults.verify
+            defaults.timeout,
+            defaults.ehlo_name,
+            defaults.ca_file,
+            defaults.verify,
+            defaults.interval,
         )
         return Config(
             tuple(targets),
@@ -254,6 +266,7 @@ class _Reader:
             target_defaults,
             dns,
             domains,
+            host_concurrency=defaults.host_concurrency,
         )
 
     # --- sections ---
@@ -277,12 +290,14 @@ class _Reader:
             d.ca_file = self.ca_file(section["ca_file"], path + "ca_file")
         if "verify" in section:
             d.verify = self.choice(section["verify"], path + "verify", VerifyPolicy)
-        if "concurrency" in section:
-            value = section["concurrency"]
+        for key in ("concurrency", "host_concurrency"):
+            if key not in section:
+                continue
+            value = section[key]
             if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-                d.concurrency = value
+                setattr(d, key, value)
             else:
-                self.p.add(path + "concurrency", f"{_show(value)} is not a positive integer")
+                self.p.add(path + key, f"{_show(value)} is not a positive integer")
         return d
 
     def targets(self, data: object, d: _Defaults) -> list[Target]:

@@ -46,7 +46,11 @@ from exporter.model import (
     VerifyReason,
 )
 from exporter.service.collector import SmtpTlsCollector
+from exporter.service.manners import Manners
+from exporter.service.service_metrics import ServiceCollector
 from exporter.service.state import ServiceState, Snapshot
+from exporter.web.config import WebConfig
+from exporter.web.guard import WebGuard
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 NOW = 1_760_000_000.0  # 2025-10-09, the scrape time unless a test moves the clock
@@ -547,10 +551,28 @@ def rich_registry() -> CollectorRegistry:
     state = make_state(starttls_ok(), refused(), implicit_expired(), implicit_ok(_IMPLICIT_OK))
     add_domains(state, (ENFORCED, enforced()), (BROKEN, broken()))
     state.reload_success_timestamp = NOW - 60
-    return registry_for(state)
+    registry = registry_for(state)
+    registry.register(rich_service_collector())
+    return registry
 
 
 _IMPLICIT_OK = Target.create("localhost", 465)
+
+
+def rich_service_collector() -> ServiceCollector:
+    """The exporter's reliability metrics, each present: an endpoint backing off, a web config."""
+    manners = Manners()
+    pushed = ProbeResult(
+        target=_IMPLICIT_OK,
+        started_at=NOW,
+        success=False,
+        failure=Failure(Stage.GREETING, Reason.GREETING_REJECTED, "421 busy"),
+    )
+    manners.started(_IMPLICIT_OK)
+    manners.finished(_IMPLICIT_OK, pushed)
+    collector = ServiceCollector(manners, lambda: 12)
+    collector.web = WebGuard(WebConfig())
+    return collector
 
 
 def documented() -> dict[str, dict[str, object]]:

@@ -259,7 +259,8 @@ def test_require_and_verify_client_cert(pki: Pki, serve: Serve) -> None:
     assert refused_tls(ep.port, client_context(pki, pki.rogue_client))  # unknown issuer
     url = f"https://127.0.0.1:{ep.port}/metrics"
     missing = curl("--cacert", str(pki.server_ca), url)
-    assert missing.returncode in (35, 56), missing  # refused in or right after the handshake
+    # refused in or right after the handshake: curl says 35, 55 or 56 depending on the moment
+    assert missing.returncode != 0 and missing.stdout.endswith("000"), missing
     cert, key = pki.client
     good = curl("--cacert", str(pki.server_ca), "--cert", str(cert), "--key", str(key), url)
     assert good.returncode == 0 and good.stdout.endswith("\n200"), good

@@ -9,7 +9,9 @@ which the backend runs on the event loop. Routes:
     GET  /debug?target=NAME   the last scheduled result of NAME as a text report with transcript
     GET  /debug?domain=NAME   the last scheduled check of mail domain NAME as a text report
     GET  /probe?target=T      probe T now (a configured name, or host:port of a permitted host) and
-                              return that probe's metrics; `&debug=true`: the report instead
+                              return that probe's metrics; `&debug=true`: the report instead.
+                              Within T's interval after its last probe, that probe's result
+                              (X-Probe-Cached, Age), unless `&force=true` (exporter.service.manners)
     GET  /-/healthy           200 while the process serves
     GET  /-/ready             200 once the config is loaded and the scheduler runs, else 503
     POST /-/reload            reload the config: 200, or 500 with every problem (old one kept)
@@ -23,10 +25,12 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
 import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
@@ -55,12 +59,23 @@ IDLE_TIMEOUT = 120.0
 
 
 class ProbeRefused(Exception):
-    """An on-demand probe that was not run, with the HTTP status and message that say why."""
+    """An on-demand probe that was not run, with the HTTP status and message that say why, and
+    for how many seconds (Retry-After) when that is known."""
 
-    def __init__(self, status: HTTPStatus, message: str) -> None:
+    def __init__(self, status: HTTPStatus, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class ProbeAnswer:
+    """An on-demand probe's result; `cached_age` set when it is the result of an earlier probe
+    (of `cached_age` seconds ago) rather than of a probe run for this request."""
+
+    result: ProbeResult
+    cached_age: float | None = None
 
 
 class Backend(Protocol):
@@ -77,8 +92,8 @@ class Backend(Protocol):
         """Reload the config; (True, message) or (False, every problem, one per line)."""
         ...
 
-    def probe(self, target: str, scrape_timeout: float | None) -> ProbeResult:
-        """Probe `target` now and wait for the result; raises ProbeRefused."""
+    def probe(self, target: str, scrape_timeout: float | None, force: bool = False) -> ProbeAnswer:
+        """Probe `target` now (or answer from its last probe) and wait; raises ProbeRefused."""
         ...
 
     def probe_registry(self, result: ProbeResult) -> CollectorRegistry:
@@ -302,19 +317,36 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_text(HTTPStatus.BAD_REQUEST, "missing ?target=NAME or ?target=host:port\n")
             return
         backend = self.server.backend
+        force = _param(query, "force") in ("true", "1")
+        timeout = _scrape_timeout(self.headers.get(SCRAPE_TIMEOUT_HEADER))
         try:
-            result = backend.probe(spec, _scrape_timeout(self.headers.get(SCRAPE_TIMEOUT_HEADER)))
+            answer = backend.probe(spec, timeout, force)
         except ProbeRefused as refused:
-            self.send_text(refused.status, refused.message.rstrip("\n") + "\n")
+            headers = {}
+            if refused.retry_after is not None:
+                headers["Retry-After"] = str(max(1, math.ceil(refused.retry_after)))
+            self.send_text(refused.status, refused.message.rstrip("\n") + "\n", headers)
             return
+        result = answer.result
         registry = backend.probe_registry(result)
+        headers = {}
+        if answer.cached_age is not None:
+            # RFC 9111 section 5.1: Age, the seconds since the answer was made (the probe ran).
+            headers = {CACHED_HEADER: "true", "Age": str(int(answer.cached_age))}
         if _param(query, "debug") in ("true", "1"):
             report = render_text(result)
             exposition = generate_latest(registry).decode()
-            body = f"{report}\n\nMetrics returned by this probe\n\n{exposition}"
-            self.send_text(HTTPStatus.OK, body)
+            intro = ""
+            if answer.cached_age is not None:
+                intro = (
+                    f"Result of the probe started {_when(result.started_at)} "
+                    f"({answer.cached_age:.0f}s ago), within the target's interval; "
+                    "&force=true probes again.\n\n"
+                )
+            body = f"{intro}{report}\n\nMetrics returned by this probe\n\n{exposition}"
+            self.send_text(HTTPStatus.OK, body, headers)
         else:
-            self.send_exposition(registry)
+            self.send_exposition(registry, headers)
 
     def healthy(self, query: dict[str, list[str]]) -> None:
         self.send_text(HTTPStatus.OK, "Healthy.\n")
@@ -332,10 +364,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- responses --------------------------------------------------------------------------
 
-    def send_exposition(self, registry: CollectorRegistry) -> None:
+    def send_exposition(
+        self, registry: CollectorRegistry, extra: dict[str, str] | None = None
+    ) -> None:
         encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
         body = encoder(registry)
-        headers = {"Vary": "Accept, Accept-Encoding"}
+        headers = {"Vary": "Accept, Accept-Encoding", **(extra or {})}
         if gzip_accepted(self.headers.get("Accept-Encoding", "")):
             body = gzip.compress(body)
             headers["Content-Encoding"] = "gzip"
@@ -380,6 +414,8 @@ _GET_ROUTES: dict[str, Route] = {
     "/-/ready": _Handler.ready,
 }
 
+# On a /probe answer that is the result of an earlier probe (with Age: its age in seconds).
+CACHED_HEADER = "X-Probe-Cached"
 # Prometheus sends its scrape timeout; an on-demand probe must answer within it.
 SCRAPE_TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
 

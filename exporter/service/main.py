@@ -33,11 +33,13 @@ from exporter.model import ProbeResult, Target, join_host_port
 from exporter.probe import probe
 from exporter.service.collector import SmtpTlsCollector
 from exporter.service.domain_scheduler import CheckerFactory, DomainScheduler
-from exporter.service.http import HttpServer, ProbeRefused
+from exporter.service.http import HttpServer, ProbeAnswer, ProbeRefused
 from exporter.service.logs import FORMATS, LEVELS, setup_logging
+from exporter.service.manners import Manners
 from exporter.service.on_demand import choose_target, on_demand_registry
 from exporter.service.resolvers import domain_dns, endpoint_resolver
 from exporter.service.scheduler import ProbeFn, Scheduler, log_result
+from exporter.service.service_metrics import ServiceCollector
 from exporter.service.state import ServiceState, Snapshot
 from exporter.web.config import WebConfigError, describe_web_config, load_web_config
 from exporter.web.guard import WebGuard
@@ -180,15 +182,18 @@ async def _serve(
 
     def on_sighup() -> None:
         log.info("SIGHUP: reloading the config")
-        task = loop.create_task(service.reload_async())
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
+        task = service.request_reload()
+        if task is not None:
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
 
     def on_stop(signame: str) -> None:
         log.info("%s: shutting down", signame)
         stop.set()
 
     service = Service(config, config_path)
+    if web is not None:
+        service.attach_web(web)
     try:
         server = HttpServer(host, port, service, web)
     except OSError as exc:
@@ -249,15 +254,22 @@ class Service:
         self._resolver = endpoint_resolver(config.dns)
         self._dns: tuple[DnsConfig, Dns] | None = None  # the domain checks' DNS, built on use
         self._probe_fn = probe_fn or self._probe
+        self.manners = Manners(config.host_concurrency)
         self._scheduler = Scheduler(
-            self.state, concurrency=config.concurrency, probe_fn=self._probe_fn
+            self.state,
+            concurrency=config.concurrency,
+            probe_fn=self._probe_fn,
+            manners=self.manners,
         )
         self._domains = DomainScheduler(self.state, make_checker or self._make_checker)
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(SmtpTlsCollector(self.state.snapshot))
+        self._own_metrics = ServiceCollector(self.manners, self._count_tasks)
+        self._registry.register(self._own_metrics)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = False
         self._reload_lock = asyncio.Lock()
+        self._reload_queued = False
         self._on_demand = threading.BoundedSemaphore(ON_DEMAND_LIMIT)
         self._on_demand_tasks: set[asyncio.Task[Any]] = set()
 
@@ -289,6 +301,25 @@ class Service:
         await self._domains.stop()  # first: their MX probes run in the scheduler's slots
         await self._scheduler.stop()
 
+    def attach_web(self, web: WebGuard) -> None:
+        """Export the state of the web config in force (`--web.config.file`)."""
+        self._own_metrics.web = web
+
+    def request_reload(self) -> asyncio.Task[tuple[bool, str]] | None:
+        """Reload soon (SIGHUP). Requests that arrive while one waits to start are merged
+        into it: it reads the file as it is then, so a burst of signals costs one reload or
+        two, not one each."""
+        if self._reload_queued:
+            log.debug("a reload is already queued")
+            return None
+        self._reload_queued = True
+        return asyncio.get_running_loop().create_task(self._queued_reload())
+
+    async def _queued_reload(self) -> tuple[bool, str]:
+        async with self._reload_lock:  # until the reload in progress, if any, is done
+            self._reload_queued = False
+        return await self.reload_async()
+
     async def reload_async(self) -> tuple[bool, str]:
         """Load the config file again; on any problem keep the running config."""
         async with self._reload_lock:
@@ -308,6 +339,7 @@ class Service:
             if config.dns != self.config.dns:
                 self._resolver = endpoint_resolver(config.dns)
                 changes["dns"] = {"changed"}
+            self.manners.set_host_concurrency(config.host_concurrency)
             await self._scheduler.update(config.targets, config.concurrency)
             await self._domains.update(config.domains, config.dns)
             self.config = config
@@ -344,7 +376,7 @@ class Service:
         except TimeoutError:
             return False, f"the reload did not finish within {RELOAD_TIMEOUT:g}s"
 
-    def probe(self, target: str, scrape_timeout: float | None) -> ProbeResult:
+    def probe(self, target: str, scrape_timeout: float | None, force: bool = False) -> ProbeAnswer:
         chosen = self.on_demand_target(target)
         if scrape_timeout is not None:
             budget = scrape_timeout - SCRAPE_TIMEOUT_OFFSET
@@ -359,6 +391,15 @@ class Service:
                 f"{ON_DEMAND_LIMIT} on-demand probes are already running; try again later",
             )
         try:
+            # Good manners (manners.py): the last result within the interval, a refusal while
+            # backing off or too soon after the last forced probe, else a probe.
+            decision = self.manners.on_demand(chosen, force=force)
+            if decision.cached is not None:
+                return ProbeAnswer(decision.cached, decision.age)
+            if decision.wait > 0:
+                raise ProbeRefused(
+                    HTTPStatus.TOO_MANY_REQUESTS, f"{chosen.name}: {decision.why}", decision.wait
+                )
             future = self._submit(self._run_on_demand(chosen))
             try:
                 result = future.result(chosen.timeout + PROBE_GRACE)
@@ -378,7 +419,7 @@ class Service:
         finally:
             self._on_demand.release()
         log_result(result)
-        return result
+        return ProbeAnswer(result)
 
     def probe_registry(self, result: ProbeResult) -> CollectorRegistry:
         return on_demand_registry(result)
@@ -398,6 +439,12 @@ class Service:
     async def _probe(self, target: Target) -> ProbeResult:
         return await probe(target, resolver=self._resolver)
 
+    def _count_tasks(self) -> int | None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return None
+        return len(asyncio.all_tasks(loop))
+
     def _make_checker(self, domain: DomainConfig, dns_config: DnsConfig) -> DomainChecker:
         if self._dns is None or self._dns[0] != dns_config:
             self._dns = (dns_config, domain_dns(dns_config))
@@ -414,11 +461,15 @@ class Service:
         )
 
     async def _run_on_demand(self, target: Target) -> ProbeResult:
+        """One on-demand probe (its start already recorded by `Manners.on_demand`)."""
         task = asyncio.current_task()
         assert task is not None
         self._on_demand_tasks.add(task)
         try:
-            return await self._probe_fn(target)
+            async with self.manners.host_slot(target):
+                result = await self._probe_fn(target)
+            self.manners.finished(target, result)
+            return result
         finally:
             self._on_demand_tasks.discard(task)
 

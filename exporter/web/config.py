@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import ssl
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,8 @@ HEADERS: dict[str, tuple[str, ...] | None] = {
 # A bcrypt hash: $2a$, $2b$ or $2y$ (htpasswd -B writes $2y$), a cost of 04 to 31, 53 characters
 # of salt and digest.
 _BCRYPT = re.compile(r"\$2[aby]\$(0[4-9]|[12]\d|3[01])\$[./A-Za-z0-9]{53}")
+
+MAX_PEM_FILE = 16 * 1024 * 1024  # bytes read of a certificate, key or CA file at most
 
 _TOP_KEYS = ("tls_server_config", "http_server_config", "basic_auth_users", "rate_limit")
 _TLS_KEYS = (
@@ -160,8 +163,11 @@ def _check_tls_files(tls: TlsServerConfig) -> list[str]:
             continue
         where = f"tls_server_config.{key}"
         try:
+            if not stat.S_ISREG(os.stat(path).st_mode):  # /dev/zero, a FIFO: read for ever
+                problems.append(f"{where}: {path} is not a regular file")
+                continue
             with open(path, "rb") as fh:
-                data = fh.read()
+                data = fh.read(MAX_PEM_FILE + 1)
         except OSError as exc:
             problems.append(f"{where}: cannot read {path}: {exc.strerror}")
             continue

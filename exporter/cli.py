@@ -9,7 +9,18 @@ import logging
 import sys
 
 from exporter import __version__
-from exporter.model import Mode, Target, VerifyPolicy, parse_host_port
+from exporter.checks.model import CheckName
+from exporter.checks.report import CheckReport, checks_json, render_checks
+from exporter.checks.run import run_checks
+from exporter.model import (
+    Checks,
+    Mode,
+    ProbeResult,
+    Stage,
+    Target,
+    VerifyPolicy,
+    parse_host_port,
+)
 from exporter.probe import probe
 from exporter.report import render_text, to_json
 from exporter.tls.verify import TrustStoreError, load_trust_store
@@ -40,6 +51,18 @@ def _probe_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", choices=[v.value for v in VerifyPolicy], help="default: from port")
     p.add_argument("--ehlo-name", help="name to send in EHLO (default: this machine's FQDN)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds for the whole probe")
+    p.add_argument(
+        "--all-addresses",
+        action="store_true",
+        help="probe every A and AAAA of HOST on its own (docs/checks.md)",
+    )
+    p.add_argument(
+        "--check",
+        action="append",
+        default=[],
+        choices=[c.value for c in CheckName],
+        help="after the probe, run this opt-in check too (repeatable; docs/checks.md)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--version", action="version", version=f"smtp-tls-exporter {__version__}")
     return p
@@ -68,11 +91,32 @@ def probe_command(argv: list[str]) -> int:
         ehlo_name=args.ehlo_name,
         ca_file=args.ca_file,
         timeout=args.timeout,
+        all_addresses=args.all_addresses,
+        checks=Checks(**dict.fromkeys(args.check, True)),
     )
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    result = asyncio.run(probe(target))
+    result, checks = asyncio.run(_probe_and_check(target))
     if args.json:
-        print(json.dumps(to_json(result), indent=2))
+        print(json.dumps({**to_json(result), "checks": checks_json(checks)}, indent=2))
     else:
         print(render_text(result))
+        if checks:
+            print("\n" + render_checks(checks))
     return 0 if result.success else 1
+
+
+async def _probe_and_check(target: Target) -> tuple[ProbeResult, CheckReport]:
+    """The probe, then (if asked) the checks at each address it probed, or where it connected."""
+    result = await probe(target)
+    if not target.checks.enabled:
+        return result, []
+    where: list[str | None]
+    if target.all_addresses:
+        where = [r.peer_address for r in result.addresses if r.peer_address]
+    else:
+        reached = result.failure is None or result.failure.stage not in (
+            Stage.RESOLVE,
+            Stage.CONNECT,
+        )
+        where = [result.peer_address if reached else None]
+    return result, [(address, await run_checks(target, address)) for address in where]

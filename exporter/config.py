@@ -13,8 +13,9 @@ from typing import Any, TypeVar
 
 import yaml
 
+from exporter.checks.config import check_target_checks, read_checks, read_flag
 from exporter.domains.config import DnsConfig, DomainConfig, read_dns, read_domains
-from exporter.model import Mode, Target, VerifyPolicy, parse_host_port
+from exporter.model import Checks, Mode, Target, VerifyPolicy, parse_host_port
 from exporter.tls.verify import TrustStoreError, load_trust_store
 
 DEFAULT_INTERVAL = 60.0
@@ -27,11 +28,13 @@ RESERVED_LABELS = frozenset(
     {
         *("target", "host", "port", "mode"),  # on every per-endpoint series
         *("domain", "mx_preference"),  # on a mail domain's series and its MX probes' series
-        *("mx", "id"),  # smtp_tls_mta_sts_mx_*, smtp_tls_mta_sts_policy_id_info
+        *("mx", "id", "status"),  # smtp_tls_mta_sts_mx_*, ..._policy_id_info, ..._mx_lookup_info
         *("stage", "reason", "phase", "version", "cipher"),  # on one metric each
         *("subject", "issuer", "serial", "fingerprint_sha256"),  # smtp_tls_cert_info
         *("key_type", "key_bits", "signature_algorithm"),
         *("result", "python_version"),  # the exporter's own metrics
+        *("address", "ip_family"),  # the probes of a target with all_addresses
+        "check",  # smtp_tls_check_* (the opt-in checks)
     }
 )
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -50,10 +53,12 @@ _TOP_KEYS = ("defaults", "dns", "targets", "domains", "probe_allowlist")
 _DEFAULT_KEYS = (
     *("interval", "timeout", "ehlo_name", "ca_file", "verify", "concurrency"),
     "host_concurrency",
+    *("all_addresses", "checks"),
 )
 _TARGET_KEYS = (
     *("name", "host", "port", "mode", "server_name", "verify", "ca_file"),
     *("interval", "timeout", "ehlo_name", "labels"),
+    *("all_addresses", "checks"),
 )
 
 
@@ -227,6 +232,8 @@ class _Defaults:
     verify: VerifyPolicy | None = None  # None: by port
     concurrency: int = DEFAULT_CONCURRENCY
     host_concurrency: int = DEFAULT_HOST_CONCURRENCY
+    all_addresses: bool = False
+    checks: Checks = field(default_factory=Checks)
     given: set[str] = field(default_factory=set)
 
 
@@ -298,6 +305,12 @@ class _Reader:
                 setattr(d, key, value)
             else:
                 self.p.add(path + key, f"{_show(value)} is not a positive integer")
+        if "all_addresses" in section:
+            d.all_addresses = bool(
+                read_flag(self, section["all_addresses"], path + "all_addresses")
+            )
+        if "checks" in section:
+            d.checks = read_checks(self, section["checks"], path + "checks", d.checks) or d.checks
         return d
 
     def targets(self, data: object, d: _Defaults) -> list[Target]:
@@ -341,6 +354,15 @@ class _Reader:
         interval = self.duration(m["interval"], path + ".interval") if "interval" in m else None
         timeout = self.duration(m["timeout"], path + ".timeout") if "timeout" in m else None
         labels = self.labels(m.get("labels"), path + ".labels")
+        all_addresses = d.all_addresses
+        if "all_addresses" in m:
+            all_addresses = bool(read_flag(self, m["all_addresses"], path + ".all_addresses"))
+        checks: Checks | None = d.checks
+        if "checks" in m:
+            checks = read_checks(self, m["checks"], path + ".checks", d.checks)
+            check_target_checks(
+                self, m["checks"], path + ".checks", mode or Mode.for_port(port or 0)
+            )
         given = {k for k in ("interval", "timeout") if k in m}
         parsed = (interval is not None or "interval" not in m) and (
             timeout is not None or "timeout" not in m
@@ -349,7 +371,7 @@ class _Reader:
         timeout = d.timeout if timeout is None else timeout
         if given and parsed and timeout > interval:  # with neither given, `defaults` was checked
             self.too_long(path + ".", given, timeout, interval)
-        if len(self.p.lines) > bad or host is None or port is None:
+        if len(self.p.lines) > bad or host is None or port is None or checks is None:
             return None
         return Target.create(
             host,
@@ -363,6 +385,8 @@ class _Reader:
             timeout=timeout,
             interval=interval,
             labels=labels,
+            all_addresses=all_addresses,
+            checks=checks,
         )
 
     def shorthand(self, text: str, path: str, d: _Defaults) -> Target | None:
@@ -384,6 +408,8 @@ class _Reader:
             ca_file=d.ca_file,
             timeout=d.timeout,
             interval=d.interval,
+            all_addresses=d.all_addresses,
+            checks=d.checks,
         )
 
     def allowlist(self, data: object) -> list[str]:

@@ -31,6 +31,26 @@ class VerifyPolicy(enum.StrEnum):
         return cls.REQUIRED if port in SUBMISSION_PORTS else cls.REPORT
 
 
+DEFAULT_CHECKS_INTERVAL = (
+    86400.0  # the opt-in checks change with software and config, not by the minute
+)
+
+
+@dataclass(frozen=True)
+class Checks:
+    """The opt-in security checks of one endpoint (exporter.checks; docs/checks.md), each in a
+    connection of its own, every `interval` seconds."""
+
+    starttls_injection: bool = False  # STARTTLS and NOOP in one write (RFC 3207 section 4.2)
+    protocols: bool = False  # one handshake each at TLS 1.0, 1.1 and 1.2 only
+    submission_requires_tls: bool = False  # MAIL FROM:<> before STARTTLS refused (RFC 8314)
+    interval: float = DEFAULT_CHECKS_INTERVAL
+
+    @property
+    def enabled(self) -> bool:
+        return self.starttls_injection or self.protocols or self.submission_requires_tls
+
+
 @dataclass(frozen=True)
 class Target:
     """One endpoint to probe. Build it with `Target.create`, which fills the defaults."""
@@ -46,6 +66,9 @@ class Target:
     timeout: float = 10.0  # seconds for the whole probe
     interval: float = 60.0  # seconds between scheduled probes
     labels: tuple[tuple[str, str], ...] = ()  # static labels, sorted by name
+    all_addresses: bool = False  # probe every A and AAAA of `host`, each on its own
+    address: str | None = None  # connect here instead of resolving `host` (one of all_addresses)
+    checks: Checks = Checks()
 
     @classmethod
     def create(
@@ -62,6 +85,8 @@ class Target:
         timeout: float = 10.0,
         interval: float = 60.0,
         labels: dict[str, str] | None = None,
+        all_addresses: bool = False,
+        checks: Checks | None = None,
     ) -> Target:
         return cls(
             name=name or join_host_port(host, port),
@@ -75,6 +100,8 @@ class Target:
             timeout=timeout,
             interval=interval,
             labels=tuple(sorted((labels or {}).items())),
+            all_addresses=all_addresses,
+            checks=checks or Checks(),
         )
 
 
@@ -93,6 +120,7 @@ class Stage(enum.StrEnum):
     TLS_HANDSHAKE = "tls_handshake"
     EHLO_TLS = "ehlo_tls"  # the EHLO repeated inside TLS
     CERTIFICATE = "certificate"
+    MAIL_FROM = "mail_from"  # the submission check's MAIL FROM:<> and RSET before TLS
     INTERNAL = "internal"
 
 
@@ -250,6 +278,9 @@ class ProbeResult:
     chain_der: tuple[bytes, ...] = ()
     verification: Verification | None = None
     transcript: tuple[TranscriptEntry, ...] = ()
+    # A target with all_addresses: one result per address probed (each with `peer_address` and
+    # `address_family`); this result then sums them up (success only if every one succeeded).
+    addresses: tuple[ProbeResult, ...] = ()
 
     @property
     def chain_earliest_not_after(self) -> float | None:

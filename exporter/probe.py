@@ -15,6 +15,7 @@ import functools
 import ipaddress
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import TypeVar
 
 from cryptography import x509
 
+from exporter.addresses import probe_each_address
 from exporter.model import (
     CertFacts,
     Failure,
@@ -66,13 +68,18 @@ def machine_fqdn() -> str | None:
     return name if "." in name and not name.endswith(".localdomain") else None
 
 
-async def probe(target: Target, *, resolver: Resolver | None = None) -> ProbeResult:
-    """Probe `target` once, within its timeout. Never raises (except on cancellation).
+async def probe(
+    target: Target, *, resolver: Resolver | None = None, timeout: float | None = None
+) -> ProbeResult:
+    """Probe `target` once, within `timeout` (default: the target's). Never raises (except on
+    cancellation). A target with `all_addresses` is probed at each of its addresses.
 
     `resolver` looks up host names (default: the system's getaddrinfo)."""
-    run = _Run(target, resolver or system_resolve)
+    if target.all_addresses and target.address is None:
+        return await probe_each_address(target, resolver or system_resolve, probe)
+    run = _Run(target, resolver or system_resolve, target.timeout if timeout is None else timeout)
     try:
-        async with asyncio.timeout(target.timeout):
+        async with asyncio.timeout(run.timeout):
             await run.dialogue()
     except TimeoutError:
         run.fail(Reason.TIMEOUT, run.timeout_detail())
@@ -94,8 +101,11 @@ async def probe(target: Target, *, resolver: Resolver | None = None) -> ProbeRes
 
 @dataclass
 class _Run:
+    """One dialogue's state and steps; the opt-in checks (exporter.checks) reuse the steps."""
+
     target: Target
     resolver: Resolver
+    timeout: float  # seconds for the whole dialogue
     started_wall: float = field(default_factory=time.time)
     started: float = field(default_factory=time.monotonic)
     stage: Stage = Stage.RESOLVE
@@ -146,7 +156,7 @@ class _Run:
 
     async def _resolve(self) -> Addresses:
         host = self.target.host
-        addresses = literal(host)
+        addresses = literal(self.target.address or host)
         if addresses is not None:
             return addresses
         try:
@@ -207,11 +217,11 @@ class _Run:
                 "info", f"discarded {len(unread)} plaintext bytes sent after 220: {unread[:80]!r}"
             )
 
-    async def _handshake(self) -> None:
+    async def _handshake(self, context: ssl.SSLContext | None = None) -> None:
         conn = self._conn()
         name = self.target.server_name
         try:
-            await conn.start_tls(session.client_context(), _sni(name))
+            await conn.start_tls(context or session.client_context(), _sni(name))
         except TlsError as exc:
             prefix = exc.raw_prefix
             if prefix and not looks_like_tls(prefix):
@@ -269,7 +279,7 @@ class _Run:
     async def quit(self) -> None:
         """QUIT politely; its outcome never changes the verdict."""
         conn = self.conn
-        remaining = self.target.timeout - (time.monotonic() - self.started)
+        remaining = self.timeout - (time.monotonic() - self.started)
         if conn is None:
             return
         if remaining > 0:
@@ -316,7 +326,7 @@ class _Run:
 
     def timeout_detail(self) -> str:
         received = self.conn.received if self.conn is not None else 0
-        detail = f"no answer within the {self.target.timeout:g}s deadline during {self.stage}"
+        detail = f"no answer within the {self.timeout:g}s deadline during {self.stage}"
         if self.conn is not None:
             detail += f" ({received} bytes received in all)"
         if self.stage is Stage.GREETING and received == 0 and self.target.mode is Mode.STARTTLS:

@@ -46,6 +46,7 @@ def to_json(result: ProbeResult, now: float | None = None) -> dict[str, Any]:
         "chain": [_cert(c, now) for c in r.chain],
         "chain_earliest_not_after": r.chain_earliest_not_after,
         "transcript": [dataclasses.asdict(e) for e in r.transcript],
+        "addresses": [to_json(one, now) for one in r.addresses],  # all_addresses: each's own
     }
 
 
@@ -75,6 +76,11 @@ def render_text(result: ProbeResult, now: float | None = None) -> str:
             add(f"  detail: {r.failure.detail}")
     if r.peer_address:
         add(f"  peer:   {r.peer_address} ({r.address_family})")
+    if r.addresses:
+        add("")
+        add("Addresses (all_addresses: each probed on its own; their transcripts follow)")
+        for one in r.addresses:
+            add(f"  {one.peer_address:<40}{_address_line(one, now)}")
     add("")
     add("Phases (seconds)")
     for name, secs in r.phases.items():
@@ -129,3 +135,12 @@ def render_text(result: ProbeResult, now: float | None = None) -> str:
             for more in lines[1:]:
                 add(f"  {'':8} {'':<5}{more}")
     return "\n".join(out)
+
+
+def _address_line(r: ProbeResult, now: float) -> str:
+    if r.failure is not None:
+        return f"FAILED at {r.failure.stage}: {r.failure.reason}"
+    parts = ["OK", r.tls.version if r.tls else ""]
+    if r.certificate is not None:
+        parts.append(f"certificate expires in {r.certificate.days_until_expiry(now):.1f} days")
+    return "  ".join(p for p in parts if p)

@@ -90,3 +90,25 @@ async def test_bad_usage_exits_2(args: list[str], message: str) -> None:
     assert code == 2
     assert message in err
     assert out == ""
+
+
+async def test_checks_on_the_command_line(server_tls: ssl.SSLContext, ca_file: str) -> None:
+    from tests.test_checks_scripted import Server
+
+    vulnerable = Server(server_tls, keep_pending=True)
+    async with serve(vulnerable) as (host, port):
+        args = (f"{host}:{port}", "--ca-file", ca_file, "--check", "starttls_injection")
+        code, out, _ = await cli(*args, "--check", "submission_requires_tls", "--all-addresses")
+        json_code, json_out, _ = await cli(*args, "--json")
+    assert code == 0, out
+    assert f"  {host:<40}OK  TLS 1." in out  # the address table of --all-addresses
+    assert f"Checks\n  at {host}\n  starttls_injection: VULNERABLE" in out
+    assert "  submission_requires_tls: NO: mail or AUTH accepted before STARTTLS" in out
+    data = json.loads(json_out)
+    assert json_code == 0 and data["addresses"] == []
+    [injection] = data["checks"]
+    assert (injection["check"], injection["verdict"], injection["address"]) == (
+        "starttls_injection",
+        True,
+        host,
+    )

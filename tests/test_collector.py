@@ -13,6 +13,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import __version__
+from exporter.checks.model import CheckName
 from exporter.config import RESERVED_LABELS
 from exporter.domains.config import DomainConfig
 from exporter.domains.model import (
@@ -51,6 +52,7 @@ from exporter.service.service_metrics import ServiceCollector
 from exporter.service.state import ServiceState, Snapshot
 from exporter.web.config import WebConfig
 from exporter.web.guard import WebGuard
+from tests import check_results
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 NOW = 1_760_000_000.0  # 2025-10-09, the scrape time unless a test moves the clock
@@ -101,6 +103,8 @@ RELAY = Target.create("localhost", 25, server_name="mail.example.test", labels={
 SUBMISSION = Target.create("localhost", 587)
 SUBMISSIONS = Target.create("127.0.0.1", 465, name="submissions")
 UNPROBED = Target.create("localhost", 2525)
+# The series of a target's config: there before its first probe too.
+CONFIG_SERIES = {"smtp_tls_probe_interval_seconds", "smtp_tls_cert_verify_required"}
 
 
 def starttls_ok(target: Target = RELAY) -> ProbeResult:
@@ -296,6 +300,7 @@ def test_connect_failure_has_no_session_or_certificate_series() -> None:
         "smtp_tls_probe_failure_info",
         "smtp_tls_probe_duration_seconds",
         "smtp_tls_last_probe_timestamp_seconds",
+        *CONFIG_SERIES,
     }
 
 
@@ -375,11 +380,32 @@ def test_expiry_days_follow_the_clock() -> None:
     assert reg.get_sample_value("smtp_tls_cert_not_after_timestamp_seconds", lab) == NOW + 60 * DAY
 
 
-def test_unprobed_target_has_no_series_but_is_counted() -> None:
+def test_unprobed_target_has_only_its_config_series_and_is_counted() -> None:
     state = make_state(starttls_ok(), targets=(RELAY, UNPROBED))
     reg = registry_for(state)
-    assert names_for(reg, UNPROBED) == set()
+    assert names_for(reg, UNPROBED) == CONFIG_SERIES
+    assert reg.get_sample_value("smtp_tls_probe_interval_seconds", labels(UNPROBED)) == 60
     assert reg.get_sample_value("smtp_tls_exporter_targets") == 2
+
+
+def test_interval_and_verify_policy_come_from_the_config() -> None:
+    slow = Target.create("localhost", 587, name="slow", interval=600.0)
+    relaxed = Target.create("localhost", 465, name="relaxed", verify=VerifyPolicy.REPORT)
+    state = make_state(starttls_ok(), refused(), targets=(RELAY, SUBMISSION, slow, relaxed))
+    v = registry_for(state).get_sample_value
+    got = {
+        t.name: (
+            v("smtp_tls_probe_interval_seconds", labels(t)),
+            v("smtp_tls_cert_verify_required", labels(t)),
+        )
+        for t in (RELAY, SUBMISSION, slow, relaxed)
+    }
+    assert got == {
+        RELAY.name: (60, 0),  # port 25: report
+        SUBMISSION.name: (60, 1),  # port 587: required
+        "slow": (600, 1),
+        "relaxed": (60, 0),
+    }
 
 
 def test_removed_target_vanishes() -> None:
@@ -397,7 +423,8 @@ def test_changed_target_definition_hides_the_old_result() -> None:
     reg = registry_for(state)
     moved = Target.create("127.0.0.1", 25, name=RELAY.name)  # same name, another host
     state.set_targets((moved,))
-    assert names_for(reg, RELAY) == set()
+    assert names_for(reg, RELAY) == CONFIG_SERIES
+    assert all(lab["host"] == "127.0.0.1" for _, lab, _ in samples(reg) if "target" in lab)
     state.record(starttls_ok(moved), lag=0.0)
     assert reg.get_sample_value("smtp_tls_probe_success", labels(moved)) == 1
 
@@ -501,6 +528,9 @@ smtp_tls_probe_duration_seconds{host="127.0.0.1",mode="implicit_tls",phase="tota
 # HELP smtp_tls_last_probe_timestamp_seconds Unix time at which the last scheduled probe started.
 # TYPE smtp_tls_last_probe_timestamp_seconds gauge
 smtp_tls_last_probe_timestamp_seconds{host="127.0.0.1",mode="implicit_tls",port="465",target="submissions"} 1.759999997e+09
+# HELP smtp_tls_probe_interval_seconds Seconds between scheduled probes of the target, from the config (an MX host: its domain's mx_interval, or interval if shorter); present from the moment the target is configured.
+# TYPE smtp_tls_probe_interval_seconds gauge
+smtp_tls_probe_interval_seconds{host="127.0.0.1",mode="implicit_tls",port="465",target="submissions"} 60.0
 # HELP smtp_tls_version_info The negotiated TLS version, as the version label (from the last scheduled probe).
 # TYPE smtp_tls_version_info gauge
 smtp_tls_version_info{host="127.0.0.1",mode="implicit_tls",port="465",target="submissions",version="TLS 1.3"} 1.0
@@ -531,6 +561,9 @@ smtp_tls_cert_verify_info{host="127.0.0.1",mode="implicit_tls",port="465",reason
 # HELP smtp_tls_cert_info Identity of the leaf certificate (from the last scheduled probe).
 # TYPE smtp_tls_cert_info gauge
 smtp_tls_cert_info{fingerprint_sha256="3f5d0c9a27e4b1c8d6f0a2b4c6d8e0f1a3b5c7d9e1f2a4b6c8d0e2f4a6b8c0d2",host="127.0.0.1",issuer="CN=Example Issuing CA,O=Example",key_bits="256",key_type="EC",mode="implicit_tls",port="465",serial="4F2A9C0B1D7E",signature_algorithm="ecdsa-with-SHA256",subject="CN=mail.example.test,O=Example Mail",target="submissions"} 1.0
+# HELP smtp_tls_cert_verify_required 1 if the target's config requires a verified certificate (verify: required, a certificate problem fails the probe), 0 if problems are only reported (verify: report); present from the moment the target is configured.
+# TYPE smtp_tls_cert_verify_required gauge
+smtp_tls_cert_verify_required{host="127.0.0.1",mode="implicit_tls",port="465",target="submissions"} 1.0
 """  # noqa: E501
 
 
@@ -551,9 +584,24 @@ def rich_registry() -> CollectorRegistry:
     state = make_state(starttls_ok(), refused(), implicit_expired(), implicit_ok(_IMPLICIT_OK))
     add_domains(state, (ENFORCED, enforced()), (BROKEN, broken()))
     state.reload_success_timestamp = NOW - 60
+    add_checks(state)
     registry = registry_for(state)
     registry.register(rich_service_collector())
     return registry
+
+
+def add_checks(state: ServiceState) -> None:
+    """An all_addresses target, and check runs with and without a verdict."""
+    good = check_results.at(starttls_ok(check_results.POOL), check_results.V4, "ipv4")
+    bad = check_results.refused(check_results.POOL, check_results.V6, "ipv6")
+    pool = check_results.pooled(check_results.POOL, (good, bad))
+    state.set_targets((*state.targets, pool.target))
+    state.record(pool, lag=0.0)
+    runs = (check_results.injection(False), check_results.protocols(True, True, True))
+    state.record_checks(pool.target, check_results.V4, runs)
+    state.record_checks(SUBMISSION, None, (check_results.submission(True),))
+    failed = check_results.failed(CheckName.PROTOCOLS)
+    state.record_checks(pool.target, check_results.V6, (failed,))
 
 
 _IMPLICIT_OK = Target.create("localhost", 465)
@@ -596,6 +644,7 @@ def emitted(registry: CollectorRegistry) -> dict[str, tuple[str, set[str]]]:
             names = set(s.labels) - {"site"}
             if "target" in names:  # an MX probe's endpoint series: labelled as in "Labels"
                 names -= {"domain", "mx_preference"}
+                names -= {"address", "ip_family"}  # a target's with all_addresses, likewise
             out.setdefault(s.name, (family.type, set()))[1].update(names)
     return out
 
@@ -626,6 +675,9 @@ def test_on_demand_answer_has_endpoint_families_only_and_says_so() -> None:
     registry.register(SmtpTlsCollector(state.snapshot, on_demand=True))
     names = {m.name for m in registry.collect()}
     assert "smtp_tls_probe_success" in names
+    # the verify policy is the target's; an interval it has not: nothing schedules this probe
+    assert "smtp_tls_cert_verify_required" in names
+    assert "smtp_tls_probe_interval_seconds" not in names
     assert not any(n.startswith("smtp_tls_exporter_") for n in names)
     texts = [m.documentation for m in registry.collect()]
     assert all("scheduled" not in t for t in texts)
@@ -813,11 +865,43 @@ def test_match_and_compliance_only_where_known() -> None:
     assert "smtp_tls_probe_success" not in names_for_domain(reg, ENFORCED.name)
 
 
-def test_unchecked_domain_has_no_series_but_is_counted() -> None:
-    reg = registry_for(domain_state((ENFORCED, enforced()), (BROKEN, None)))
-    assert names_for_domain(reg, BROKEN.name) == set()
-    assert names_for_domain(reg, ENFORCED.name)
+DOMAIN_CONFIG_SERIES = {"smtp_tls_domain_check_interval_seconds"}
+
+
+def test_unchecked_domain_has_only_its_interval_and_is_counted() -> None:
+    slow = dataclasses.replace(BROKEN, interval=6 * 3600.0)
+    reg = registry_for(domain_state((ENFORCED, enforced()), (slow, None)))
+    assert names_for_domain(reg, BROKEN.name) == DOMAIN_CONFIG_SERIES
+    v = reg.get_sample_value
+    assert v("smtp_tls_domain_check_interval_seconds", {"domain": BROKEN.name}) == 6 * 3600
+    lab = {"site": "fra1", "domain": ENFORCED.name}
+    assert v("smtp_tls_domain_check_interval_seconds", lab) == 3600
     assert reg.get_sample_value("smtp_tls_exporter_domains") == 2
+
+
+@pytest.mark.parametrize(
+    ("interval", "mx_interval", "expected"),
+    [(3600.0, 300.0, 300.0), (600.0, 3600.0, 600.0)],
+)
+def test_mx_hosts_are_probed_every_mx_interval_or_interval_if_shorter(
+    interval: float, mx_interval: float, expected: float
+) -> None:
+    domain = dataclasses.replace(ENFORCED, interval=interval, mx_interval=mx_interval)
+    reg = registry_for(domain_state((domain, enforced())))
+    for host in (MX1, MX2):
+        lab = labels(mx_target(ENFORCED, host))
+        assert reg.get_sample_value("smtp_tls_probe_interval_seconds", lab) == expected
+        # MX hosts are probed with verify: report; their verdict is mx_compliant
+        assert reg.get_sample_value("smtp_tls_cert_verify_required", lab) == 0
+
+
+@pytest.mark.parametrize("status", list(MxStatus))
+def test_mx_lookup_status_tells_null_none_and_error_apart(status: MxStatus) -> None:
+    hosts = (MX1,) if status in (MxStatus.MX, MxStatus.IMPLICIT) else ()
+    result = dataclasses.replace(broken(), mx=MxSet(status, hosts))
+    reg = registry_for(domain_state((BROKEN, result)))
+    got = [(lab["status"], v) for n, lab, v in samples(reg) if n == "smtp_tls_mx_lookup_info"]
+    assert got == [(str(status), 1)]
 
 
 def test_removed_or_changed_domain_vanishes() -> None:
@@ -829,10 +913,10 @@ def test_removed_or_changed_domain_vanishes() -> None:
     # Same name, another definition: nothing until it is checked again.
     changed = dataclasses.replace(ENFORCED, probe_mx=False)
     state.set_domains((changed,))
-    assert names_for_domain(reg, ENFORCED.name) == set()
+    assert names_for_domain(reg, ENFORCED.name) == DOMAIN_CONFIG_SERIES
     # A result of the old definition, arriving late, is not kept.
     state.record_domain(ENFORCED, enforced())
-    assert names_for_domain(reg, ENFORCED.name) == set()
+    assert names_for_domain(reg, ENFORCED.name) == DOMAIN_CONFIG_SERIES
     state.record_domain(changed, enforced())
     assert reg.get_sample_value("smtp_tls_mx_count", {"site": "fra1", "domain": "example.test"})
 

@@ -20,7 +20,7 @@ from exporter.config import (
     parse_duration,
 )
 from exporter.domains.config import DNS_KEYS, DOMAIN_KEYS, DnsConfig, DomainConfig
-from exporter.model import Mode, Target, VerifyPolicy
+from exporter.model import Checks, Mode, Target, VerifyPolicy
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yml"
 
@@ -388,6 +388,55 @@ INVALID = [
             "domains[5].timeout: 30s is longer than the mx_interval (20s)",
         ],
         id="every-domain-problem-at-once",
+    ),
+    pytest.param(
+        """\
+        defaults:
+          all_addresses: "yes"
+          checks: {protocols: 1, interval: 0, colour: blue}
+        targets:
+          - host: a.example.test
+            port: 465
+            all_addresses: null
+            checks: {starttls_injection: true, submission_requires_tls: true, protocols: true}
+          - host: a.example.test
+            port: 25
+            mode: implicit_tls
+            checks: {submission_requires_tls: true}
+          - host: a.example.test
+            port: 587
+            checks: [protocols]
+          - host: a.example.test
+            port: 2525
+            checks: {interval: 1x, starttls_injection: "no"}
+        domains:
+          - name: example.test
+            all_addresses: 1
+            checks: {submission_requires_tls: false, protocols: true}
+          - name: example.org
+            checks: {starttls_injection: true, mode: starttls}
+        """,
+        [
+            'defaults.all_addresses: "yes" is not true or false',
+            "defaults.checks.colour: unknown key",
+            "defaults.checks.protocols: 1 is not true or false",
+            "defaults.checks.interval: 0 is not a positive duration",
+            "targets[0].all_addresses: null is not true or false",
+            "targets[0].checks.starttls_injection: only for mode starttls: an implicit TLS port"
+            " has no STARTTLS",
+            "targets[0].checks.submission_requires_tls: only for mode starttls: an implicit TLS"
+            " port has no STARTTLS",
+            "targets[1].checks.submission_requires_tls: only for mode starttls: an implicit TLS"
+            " port has no STARTTLS",
+            "targets[2].checks: expected a mapping, got a list",
+            'targets[3].checks.starttls_injection: "no" is not true or false',
+            'targets[3].checks.interval: "1x" is not a duration',
+            "domains[0].all_addresses: 1 is not true or false",
+            "domains[0].checks.submission_requires_tls: not for MX hosts: port 25 must accept"
+            " mail without TLS (RFC 3207 section 4)",
+            "domains[1].checks.mode: unknown key",
+        ],
+        id="checks-and-all-addresses",
     ),
     pytest.param(
         "targets:\n  - a:25\n - b:25\n",
@@ -765,3 +814,42 @@ def test_defaults_apply_to_hosts_outside_the_config(tmp_path: Path) -> None:
     assert (target.timeout, target.ehlo_name) == (3.0, "probe.example.test")
     assert target.ca_file == str(ca)
     assert target.verify is VerifyPolicy.REQUIRED
+
+
+def test_checks_and_all_addresses_inherit_key_by_key() -> None:
+    config = parse_config(
+        textwrap.dedent(
+            """\
+            defaults:
+              all_addresses: true
+              checks: {starttls_injection: true, submission_requires_tls: true, interval: 12h}
+            targets:
+              - localhost:25
+              - {host: localhost, port: 465, checks: {protocols: true}}
+              - {host: localhost, port: 587, all_addresses: false, checks: {interval: 1h}}
+            domains:
+              - example.test
+              - {name: example.org, all_addresses: false, checks: {starttls_injection: false}}
+            """
+        )
+    )
+    relay, smtps, submission = config.targets
+    assert relay.all_addresses and smtps.all_addresses and not submission.all_addresses
+    assert relay.checks == Checks(
+        starttls_injection=True, submission_requires_tls=True, interval=43200.0
+    )
+    # an implicit TLS target keeps what it inherits; only its STARTTLS checks never run
+    assert smtps.checks == Checks(True, True, True, 43200.0)
+    assert submission.checks == Checks(True, False, True, 3600.0)
+    assert Target.create("localhost", 25).checks == Checks()  # all off, every 1d
+    assert Checks().interval == 86400.0 and not Checks().enabled
+    test, org = config.domains
+    # MX hosts never get the submission check, from defaults or their own
+    assert (test.all_addresses, test.checks) == (True, Checks(True, False, False, 43200.0))
+    assert (org.all_addresses, org.checks) == (False, Checks(False, False, False, 43200.0))
+
+
+def test_checks_are_off_without_config() -> None:
+    config = parse_config("targets: [localhost:25]\ndomains: [example.test]\n")
+    assert config.targets[0].checks == Checks() and not config.targets[0].all_addresses
+    assert config.domains[0].checks == Checks() and not config.domains[0].all_addresses

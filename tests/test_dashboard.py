@@ -4,7 +4,8 @@ The dashboard is checked against Grafana's dashboard model as published in
 grafana-foundation-sdk (generated from Grafana's own schema): decoding it and encoding it again
 must keep every key and value, so a misspelt option or field shows up as lost. The rest is what an
 import into any Grafana needs: a stable uid, the datasource as a variable, every query filtered by
-the job and target variables, and a layout without overlaps. That every panel's query returns data
+the job variable and the target variable (the domain variable in the Mail domains section), and a
+layout without overlaps. That every panel's query returns data
 from a real Prometheus, and that every metric it names is one the exporter emits, is checked in
 test_paging_e2e.py.
 """
@@ -41,8 +42,27 @@ SECTIONS = {
     },
     "Latency": {"TLS handshake latency", "Latency by phase: $target"},
     "Certificates": {"Certificate details"},
+    "Mail domains": {
+        "Domains in enforce mode",
+        "MTA-STS checks failing",
+        "MX not in enforced policy",
+        "Enforce-mode MX not compliant",
+        "Domains",
+        "MTA-STS check failures",
+        "MX hosts",
+        "MTA-STS mode over time",
+    },
+    "Security checks": {
+        "STARTTLS injection",
+        "Accepting TLS 1.0 or 1.1",
+        "Submission not requiring TLS",
+        "TLS versions accepted",
+        "Every address",
+    },
     "Exporter": {"Config reload", "Probe rate by result", "Scheduler lag"},
 }
+# The section whose panels are about mail domains: filtered by $domain rather than $target.
+DOMAIN_SECTION = "Mail domains"
 # Grafana's values for the built-in interval variables, as substituted into queries.
 BUILTINS = {"__rate_interval": "1m", "__interval": "30s", "__range": "1h"}
 
@@ -64,6 +84,18 @@ def queries(dashboard: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[st
     for panel in panels(dashboard):
         for target in panel.get("targets", []):
             yield panel, target
+
+
+def sections(dashboard: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Row title -> the panels below it, up to the next row, in reading order."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    current: list[dict[str, Any]] = []
+    for panel in sorted(dashboard["panels"], key=lambda p: (p["gridPos"]["y"], p["gridPos"]["x"])):
+        if panel["type"] == "row":
+            current = found.setdefault(panel["title"], [])
+        else:
+            current.append(panel)
+    return found
 
 
 def variables(dashboard: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -159,22 +191,27 @@ def test_variables() -> None:
         if name != "job":
             assert 'job=~"$job"' in selector, f"${name} is not narrowed by $job: {selector}"
     assert label_values_query(found["job"]) == ("smtp_tls_exporter_build_info", "job")
-    # Mail domains: no domain metric exists yet, so the variable names none (a bare selector).
-    assert label_values_query(found["domain"])[0] == '{job=~"$job",domain!=""}'
+    # every configured domain, checked or not yet: its interval is there from the config
+    assert label_values_query(found["domain"])[0] == (
+        'smtp_tls_domain_check_interval_seconds{job=~"$job"}'
+    )
 
 
-def test_every_query_is_filtered_by_job_and_target() -> None:
+def test_every_query_is_filtered_by_job_and_by_target_or_domain() -> None:
     dashboard = load_dashboard()
-    for panel, target in queries(dashboard):
-        where = f"{panel['title']} {target['refId']}"
-        selectors = metric_selectors(target["expr"])
-        assert selectors, f"{where}: no metric in {target['expr']!r}"
-        for name, matchers in selectors:
-            assert 'job=~"$job"' in matchers, f"{where}: {name} is not filtered by $job"
-            if not name.startswith("smtp_tls_exporter_"):
-                assert 'target=~"$target"' in matchers, f"{where}: {name} ignores $target"
-            assert "instance" not in matchers, f"{where}: {name} names an instance"
-        assert "__name__" not in target["expr"]
+    for section, members in sections(dashboard).items():
+        by = 'domain=~"$domain"' if section == DOMAIN_SECTION else 'target=~"$target"'
+        for panel in members:
+            for target in panel["targets"]:
+                where = f"{section}: {panel['title']} {target['refId']}"
+                selectors = metric_selectors(target["expr"])
+                assert selectors, f"{where}: no metric in {target['expr']!r}"
+                for name, matchers in selectors:
+                    assert 'job=~"$job"' in matchers, f"{where}: {name} is not filtered by $job"
+                    if not name.startswith("smtp_tls_exporter_"):
+                        assert by in matchers, f"{where}: {name} is not filtered by {by}"
+                    assert "instance" not in matchers, f"{where}: {name} names an instance"
+                assert "__name__" not in target["expr"]
 
 
 def test_layout_has_the_sections_in_order_without_overlaps() -> None:
@@ -237,6 +274,37 @@ def test_failing_and_expiry_tables_show_stage_reason_and_days() -> None:
     details = by_title["Certificate details"]
     names = set(details["transformations"][-1]["options"]["renameByName"].values())
     assert {"Subject", "Issuer", "Days left", "Trusted", "Name match"} <= names
+
+
+def test_mail_domain_panels_show_mode_validity_mx_and_tlsrpt() -> None:
+    dashboard = load_dashboard()
+    by_title = {p["title"]: p for p in sections(dashboard)[DOMAIN_SECTION]}
+
+    def columns(title: str) -> set[str]:
+        organize = by_title[title]["transformations"][-1]
+        assert organize["id"] == "organize"
+        return set(organize["options"]["renameByName"].values())
+
+    assert {
+        "Domain",
+        "MTA-STS",
+        "Record",
+        "Policy valid",
+        "MX lookup",
+        "MX hosts",
+        "TLS-RPT record",
+        "TLS-RPT valid",
+    } <= columns("Domains")
+    assert {"Domain", "Reason"} <= columns("MTA-STS check failures")
+    assert {"Domain", "MX", "In policy", "Compliant"} <= columns("MX hosts")
+    # several queries, one row per domain (per MX host): merged
+    for title in ("Domains", "MX hosts"):
+        assert by_title[title]["transformations"][0]["id"] == "merge", title
+    # the state timeline names every state its query can produce
+    timeline = by_title["MTA-STS mode over time"]
+    (mapping,) = timeline["fieldConfig"]["defaults"]["mappings"]
+    shown = {v["text"] for v in mapping["options"].values()}
+    assert shown == {"enforce", "testing", "none", "absent", "invalid"}
 
 
 def test_substitute() -> None:

@@ -1,8 +1,9 @@
-"""Paged, end to end: the exporter probes the real Postfix, a real Prometheus scrapes it and
-evaluates grafana/alerts.yml, and a real Alertmanager delivers the alerts to a webhook receiver
-in this test. Over the same stack, every query of grafana/dashboard.json returns data through
-Prometheus' HTTP API, and every metric the dashboard and the rules name is one the running
-exporter emits.
+"""Paged, end to end: the exporter probes the real Postfix and checks mail domains served by the
+real dnsmasq and nginx of tests/fixtures/zone.py (their MX hosts are that Postfix), a real
+Prometheus scrapes it and evaluates grafana/alerts.yml, and a real Alertmanager delivers the alerts
+to a webhook receiver in this test. Over the same stack, every query of grafana/dashboard.json
+returns data through Prometheus' HTTP API, and every metric the dashboard and the rules name is
+one the running exporter emits.
 
 To be fast, Prometheus loads a copy of alerts.yml with every `for:` at 0s and its groups evaluated
 every second; expressions, labels and annotations are the shipped ones (a test below checks
@@ -31,7 +32,10 @@ import pytest
 import yaml
 
 from tests.conftest import need
+from tests.fixtures.certs import SERVER_NAME
+from tests.fixtures.dns import PoolDns
 from tests.fixtures.postfix import PostfixServer
+from tests.fixtures.zone import MailDomains
 from tests.test_alerts import ALERTS, metric_names, rule_groups
 from tests.test_dashboard import (
     BUILTINS,
@@ -65,14 +69,59 @@ TARGETS = {
     "no_starttls": "report",  # STARTTLS not offered
     "expired": "required",  # expired 10 days ago
     "wrong_name": "required",  # trusted, for another name
+    "submission_587": "required",  # takes MAIL FROM before STARTTLS
+    "submission_encrypt": "required",  # refuses it (530)
+    "modern_tls": "report",  # TLS 1.2 and up only
 }
-# (alert, target) that the stack must page, and nothing else.
+# The opt-in checks of some of them (docs/checks.md).
+CHECKS = {
+    "relay_25": "{starttls_injection: true, protocols: true}",  # accepts TLS 1.0 and 1.1
+    "no_starttls": "{starttls_injection: true}",  # no verdict: no STARTTLS
+    "submission_587": "{submission_requires_tls: true}",
+    "submission_encrypt": "{submission_requires_tls: true}",
+    "modern_tls": "{protocols: true}",
+}
+# A target with all_addresses: its name has relay_25's address and dead ones (pool_dns).
+POOL = "pool"
+# Mail domains of tests/fixtures/zone.py checked (NAME.example.test), chosen so that every panel of
+# the Mail domains section has data and the domain alerts fire. Their MX hosts are mail.example.test
+# (the relay_25 listener) and expired-mx.example.test (the expired one).
+DOMAINS = {
+    "enforce": "enforce",  # everything right
+    "mismatch": "enforce",  # the policy's mx line misses the MX
+    "expired": "enforce",  # the MX's certificate has expired
+    "nopolicy": "invalid",  # the policy host answers 404
+    "badtxt": "invalid",  # a bad _mta-sts id, an ftp: TLS-RPT rua
+    "nullmx": "absent",  # a null MX, no MTA-STS
+}
+EXPIRED_MX = "expired-mx.example.test"
+# (alert, what it is about) that the stack must page, and nothing else: the target, else the
+# domain and, for an alert about one MX host, the host.
 PAGED = {
     ("SmtpTlsCertificateExpiringCritical", "expiring_soon"),
     ("SmtpTlsStartTLSNotAdvertised", "no_starttls"),
     ("SmtpTlsCertificateExpired", "expired"),
     ("SmtpTlsCertificateVerificationFailed", "wrong_name"),
+    # the endpoint alerts cover MX hosts too
+    ("SmtpTlsCertificateExpired", f"{EXPIRED_MX}:25"),
+    ("SmtpTlsMtaStsEnforcedMxNotCompliant", f"expired.example.test {EXPIRED_MX}"),
+    ("SmtpTlsMtaStsMxNotInPolicy", "mismatch.example.test mail.example.test"),
+    ("SmtpTlsMtaStsPolicyInvalid", "nopolicy.example.test"),
+    ("SmtpTlsMtaStsPolicyInvalid", "badtxt.example.test"),
+    ("SmtpTlsTlsRptRecordInvalid", "badtxt.example.test"),
+    # the opt-in checks, and one bad node behind a name
+    ("SmtpTlsLegacyTLSAccepted", "relay_25"),
+    ("SmtpTlsSubmissionDoesNotRequireTLS", "submission_587"),
+    ("SmtpTlsAddressFailing", POOL),  # its dead addresses, while relay_25's address works
+    ("SmtpTlsLegacyTLSAccepted", POOL),  # the address that works is relay_25's
 }
+
+
+def subject(labels: dict[str, str]) -> str:
+    """What an alert is about, as PAGED names it."""
+    if labels.get("target"):
+        return labels["target"]
+    return " ".join(labels[k] for k in ("domain", "mx") if labels.get(k))
 
 
 def wait_for(
@@ -98,15 +147,27 @@ def scrape(exp: ExporterProcess) -> str:
     return text
 
 
-def exporter_config(postfix: PostfixServer) -> str:
+def exporter_config(postfix: PostfixServer, world: MailDomains, pool: PoolDns) -> str:
     lines = ["defaults:", "  interval: 5s", "  timeout: 5s", "  ehlo_name: exporter.test"]
+    # The zone's name server and the CA of the policy hosts and MX hosts: through the config only.
+    # The pool's name server comes second: the zone's answers REFUSED for its name.
+    lines += [f"  ca_file: {world.ca_file}", "dns:"]
+    servers = f'"{world.dns.host}:{world.dns.port}", "{pool.server.host}:{pool.server.port}"'
+    lines += [f"  nameservers: [{servers}]", "  timeout: 2s"]
     lines.append("targets:")
     for name, verify in TARGETS.items():
         lst = postfix.listener(name)
+        checks = f", checks: {CHECKS[name]}" if name in CHECKS else ""
         lines.append(
             f"  - {{name: {name}, host: {lst.host}, port: {lst.port}, mode: {lst.mode}, "
-            f"server_name: {lst.server_name}, ca_file: {lst.ca_file}, verify: {verify}}}"
+            f"server_name: {lst.server_name}, ca_file: {lst.ca_file}, verify: {verify}{checks}}}"
         )
+    lines.append(
+        f"  - {{name: {POOL}, host: {pool.name}, port: 25, server_name: {SERVER_NAME}, "
+        f"ca_file: {postfix.ca_file}, all_addresses: true, checks: {{protocols: true}}}}"
+    )
+    lines.append("domains:")
+    lines += [f"  - {world.domain(name)}" for name in DOMAINS]
     return "\n".join(lines) + "\n"
 
 
@@ -155,7 +216,7 @@ def alertmanager_config(webhook: str) -> str:
     return f"""\
 route:
   receiver: webhook
-  group_by: [alertname, target]
+  group_by: [alertname, target, domain]
   group_wait: 0s
   group_interval: 1s
   repeat_interval: 1h
@@ -199,7 +260,7 @@ class Webhook:
 
     def paged(self) -> set[tuple[str, str]]:
         return {
-            (a["labels"]["alertname"], a["labels"].get("target", ""))
+            (a["labels"]["alertname"], subject(a["labels"]))
             for a in self.alerts()
             if a["status"] == "firing"
         }
@@ -255,17 +316,31 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def exporter(
-    postfix: PostfixServer, tmp_path_factory: pytest.TempPathFactory
+    postfix: PostfixServer,
+    mail_domains: MailDomains,
+    pool_dns: PoolDns,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ExporterProcess]:
     path = tmp_path_factory.mktemp("paging") / "config.yml"
-    path.write_text(exporter_config(postfix))
+    path.write_text(exporter_config(postfix, mail_domains, pool_dns))
+    stamp = "smtp_tls_domain_last_check_timestamp_seconds"
     with exporter_process(path) as exp:
         wait_for(
             lambda: scrape(exp),
-            lambda text: all(
-                value(text, "smtp_tls_probe_success", target=name) is not None for name in TARGETS
+            lambda text: (
+                all(
+                    value(text, "smtp_tls_probe_success", target=name) is not None
+                    for name in [*TARGETS, POOL]
+                )
+                and all(
+                    value(text, "smtp_tls_check_last_run_timestamp_seconds", target=name)
+                    is not None
+                    for name in CHECKS
+                )
+                # a domain's MX probes are recorded with its check
+                and all(value(text, stamp, domain=mail_domains.domain(n)) for n in DOMAINS)
             ),
-            "a result for every Postfix target",
+            "a result for every Postfix target and every mail domain, a run of every check",
         )
         yield exp
 
@@ -325,9 +400,10 @@ def test_dashboard_and_rules_name_only_metrics_the_exporter_emits(
 
 
 def panel_values() -> dict[str, str]:
-    """Template variables as a user sees them: this job, every target."""
+    """Template variables as a user sees them: this job, every target, every domain."""
     found = variables(load_dashboard())
-    return {"job": JOB, "target": found["target"]["allValue"], **BUILTINS}
+    every = {name: found[name]["allValue"] for name in ("target", "domain")}
+    return {"job": JOB, **every, **BUILTINS}
 
 
 def panel_queries() -> dict[tuple[str, str], str]:
@@ -367,23 +443,87 @@ def test_every_dashboard_panel_query_returns_data(stack: Stack) -> None:
         ("no_starttls", "starttls", "starttls_not_advertised"),
         ("expired", "certificate", "expired"),
         ("wrong_name", "certificate", "hostname_mismatch"),
+        (POOL, "connect", "connection_refused"),  # its dead addresses
     }
     expiring = query(prom, q[("Certificates expiring soonest", "A")])
-    assert [r["metric"]["target"] for r in expiring][:2] == ["expired", "expiring_soon"]
-    assert 4 < float(expiring[1]["value"][1]) < 5
+    # the expired listener, probed as a target and as the MX of expired.example.test, first
+    soonest = [r["metric"]["target"] for r in expiring][:3]
+    assert set(soonest[:2]) == {"expired", f"{EXPIRED_MX}:25"} and soonest[2] == "expiring_soon"
+    assert 4 < float(expiring[2]["value"][1]) < 5
     no_starttls = query(prom, q[("STARTTLS not advertised", "A")])
     assert [r["metric"]["target"] for r in no_starttls] == ["no_starttls"]
     details = query(prom, q[("Certificate details", "A")])
-    verdicts = {r["metric"]["target"]: r["metric"]["reason"] for r in details}
+    verdicts = {
+        (r["metric"]["target"], r["metric"].get("domain")): r["metric"]["reason"] for r in details
+    }
+    # one row per MX host and domain: mail.example.test is the MX of four of them
+    mx_rows = {("mail.example.test:25", f"{n}.example.test"): "ok" for n in DOMAINS}
+    del mx_rows[("mail.example.test:25", "expired.example.test")]
+    del mx_rows[("mail.example.test:25", "nullmx.example.test")]
     assert verdicts == {
-        "relay_25": "ok",
-        "expiring_soon": "ok",
-        "expired": "expired",
-        "wrong_name": "hostname_mismatch",
+        ("relay_25", None): "ok",
+        ("expiring_soon", None): "ok",
+        ("expired", None): "expired",
+        ("wrong_name", None): "hostname_mismatch",
+        ("submission_587", None): "ok",
+        ("submission_encrypt", None): "ok",
+        ("modern_tls", None): "ok",
+        (POOL, None): "ok",
+        (f"{EXPIRED_MX}:25", "expired.example.test"): "expired",
+        **mx_rows,
     }
     assert all(r["metric"]["subject"] and r["metric"]["issuer"] for r in details)
     versions = query(prom, q[("TLS versions in use", "A")])
     assert {r["metric"]["version"] for r in versions} <= {"TLS 1.2", "TLS 1.3"}
+
+    # the Security checks section: relay_25 (and the pool's good address) accept TLS 1.0 and 1.1
+    assert float(query(prom, q[("Accepting TLS 1.0 or 1.1", "A")])[0]["value"][1]) == 2
+    assert float(query(prom, q[("STARTTLS injection", "A")])[0]["value"][1]) == 0
+    assert float(query(prom, q[("Submission not requiring TLS", "A")])[0]["value"][1]) == 1
+    addresses = query(prom, q[("Every address", "A")])
+    assert sorted(float(r["value"][1]) for r in addresses)[-1] == 1  # the one that works
+    assert {r["metric"]["target"] for r in addresses} == {POOL}
+    no_verdict = query(prom, q[("Checks without a verdict", "A")])
+    assert {(r["metric"]["target"], r["metric"]["check"]) for r in no_verdict} == {
+        ("no_starttls", "starttls_injection"),
+        (POOL, "protocols"),
+    }
+
+    # the Mail domains section
+    domains = query(prom, q[("Domains", "A")])
+    modes = {r["metric"]["domain"]: r["metric"]["mode"] for r in domains}
+    assert modes == {f"{n}.example.test": mode for n, mode in DOMAINS.items()}
+    lookups = {r["metric"]["domain"]: r["metric"]["status"] for r in domains}
+    assert lookups["nullmx.example.test"] == "null"
+    assert {s for d, s in lookups.items() if d != "nullmx.example.test"} == {"mx"}
+    failures = query(prom, q[("MTA-STS check failures", "A")])
+    assert {(r["metric"]["domain"], r["metric"]["reason"]) for r in failures} == {
+        ("nopolicy.example.test", "http_status"),
+        ("badtxt.example.test", "bad_record"),
+    }
+
+    def by_mx(ref: str) -> dict[tuple[str, str], float]:
+        rows = query(prom, q[("MX hosts", ref)])
+        return {(r["metric"]["domain"], r["metric"]["mx"]): float(r["value"][1]) for r in rows}
+
+    assert by_mx("A") == {  # in policy: only where the policy is valid
+        ("enforce.example.test", "mail.example.test"): 1,
+        ("mismatch.example.test", "mail.example.test"): 0,
+        ("expired.example.test", EXPIRED_MX): 1,
+    }
+    compliant = by_mx("B")
+    assert compliant[("expired.example.test", EXPIRED_MX)] == 0
+    assert compliant[("enforce.example.test", "mail.example.test")] == 1
+    timeline = query(prom, q[("MTA-STS mode over time", "A")])
+    codes = {r["metric"]["domain"]: float(r["value"][1]) for r in timeline}
+    assert codes == {
+        "enforce.example.test": 3,
+        "mismatch.example.test": 3,
+        "expired.example.test": 3,
+        "nopolicy.example.test": -1,
+        "badtxt.example.test": -1,
+        "nullmx.example.test": 0,
+    }
 
 
 def test_variable_queries_list_jobs_and_targets(stack: Stack) -> None:
@@ -398,14 +538,15 @@ def test_variable_queries_list_jobs_and_targets(stack: Stack) -> None:
         return {series[label] for series in json.loads(body)["data"] if label in series}
 
     assert wait_for(lambda: label_values("job"), bool, "the job variable's values") == {JOB}
-    assert label_values("target") == set(TARGETS)
-    assert label_values("domain") == set()  # no mail domains are probed yet
+    mx_targets = {"mail.example.test:25", f"{EXPIRED_MX}:25"}
+    assert label_values("target") == set(TARGETS) | mx_targets | {POOL}
+    assert label_values("domain") == {f"{n}.example.test" for n in DOMAINS}
 
 
 # -- paged ----------------------------------------------------------------------------------
 
 
-def test_expiry_and_starttls_alerts_are_paged_through_alertmanager(stack: Stack) -> None:
+def test_endpoint_and_mail_domain_alerts_are_paged_through_alertmanager(stack: Stack) -> None:
     hook = stack.webhook
     wait_for(
         hook.paged,
@@ -418,13 +559,13 @@ def test_expiry_and_starttls_alerts_are_paged_through_alertmanager(stack: Stack)
     status, body = http("GET", f"{stack.prometheus}/api/v1/alerts", timeout=5)
     assert status == 200
     firing = {
-        (a["labels"]["alertname"], a["labels"].get("target", ""))
+        (a["labels"]["alertname"], subject(a["labels"]))
         for a in json.loads(body)["data"]["alerts"]
         if a["state"] == "firing"
     }
     assert firing == PAGED
 
-    alerts = {(a["labels"]["alertname"], a["labels"]["target"]): a for a in hook.alerts()}
+    alerts = {(a["labels"]["alertname"], subject(a["labels"])): a for a in hook.alerts()}
     expiring = alerts[("SmtpTlsCertificateExpiringCritical", "expiring_soon")]
     assert expiring["labels"]["severity"] == "critical"
     summary = expiring["annotations"]["summary"]
@@ -439,11 +580,25 @@ def test_expiry_and_starttls_alerts_are_paged_through_alertmanager(stack: Stack)
     )
     assert "(smtp_tls_starttls_advertised = 0)" in starttls["annotations"]["description"]
 
+    # the outage MTA-STS monitoring is for, with its cause looked up from the MX host's probe
+    outage = alerts[("SmtpTlsMtaStsEnforcedMxNotCompliant", f"expired.example.test {EXPIRED_MX}")]
+    assert outage["labels"]["severity"] == "critical"
+    assert outage["annotations"]["summary"] == (
+        f"MX {EXPIRED_MX} of expired.example.test fails its enforced MTA-STS policy"
+    )
+    assert outage["annotations"]["description"].endswith(
+        "MTA-STS senders refuse to deliver to it. Its certificate: expired."
+    )
+    expired_mx = alerts[("SmtpTlsCertificateExpired", f"{EXPIRED_MX}:25")]
+    assert expired_mx["labels"]["domain"] == "expired.example.test"
+    invalid = alerts[("SmtpTlsMtaStsPolicyInvalid", "nopolicy.example.test")]
+    assert invalid["labels"]["reason"] == "http_status"
+
     # Alertmanager itself holds them as active alerts
     status, body = http("GET", f"{stack.alertmanager}/api/v2/alerts", timeout=5)
     assert status == 200
     active = {
-        (a["labels"]["alertname"], a["labels"].get("target", ""))
+        (a["labels"]["alertname"], subject(a["labels"]))
         for a in json.loads(body)
         if a["status"]["state"] == "active"
     }

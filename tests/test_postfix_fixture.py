@@ -9,6 +9,7 @@ import smtplib
 import socket
 import ssl
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -150,6 +151,50 @@ def test_tls12_only_negotiates_tls12(postfix: PostfixServer) -> None:
         assert tls.version() == "TLSv1.3"
 
 
+def pinned(version: ssl.TLSVersion) -> ssl.SSLContext:
+    """A context that offers one TLS version only; OpenSSL 3 needs security level 0 below 1.2."""
+    ctx = unverified_context()
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TLSVersion.TLSv1 and TLSv1_1
+        ctx.minimum_version = ctx.maximum_version = version
+    return ctx
+
+
+LEGACY = (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1)
+
+
+def test_postfix_default_protocols_still_accept_tls10_and_tls11(postfix: PostfixServer) -> None:
+    # Postfix 3.x's default smtpd_tls_protocols is >=TLSv1: relay_25 and most listeners accept
+    # the legacy versions, modern_tls and tls12_only do not.
+    for name in ("relay_25", "modern_tls", "tls12_only"):
+        for version in (*LEGACY, ssl.TLSVersion.TLSv1_2):
+            expected = version is ssl.TLSVersion.TLSv1_2 or name == "relay_25"
+            try:
+                with starttls(postfix.listener(name), pinned(version)) as tls:
+                    got = tls.version()
+            except ssl.SSLError as exc:
+                assert not expected, f"{name} refused {version.name}: {exc}"
+            else:
+                assert expected, f"{name} accepted {version.name}"
+                assert got == version.name.replace("_", ".")
+    with starttls(postfix.listener("modern_tls"), unverified_context()) as tls:
+        assert tls.version() == "TLSv1.3"
+
+
+def test_submission_encrypt_refuses_mail_before_starttls(postfix: PostfixServer) -> None:
+    smtp = connect(postfix.listener("submission_encrypt"))
+    assert not smtp.has_extn("auth")
+    code, text = smtp.docmd("MAIL", "FROM:<>")
+    assert (code, text[:5]) == (530, b"5.7.0")
+    smtp.starttls(context=verifying_context(postfix.ca_file))
+    smtp.ehlo()
+    assert smtp.has_extn("auth")
+    assert smtp.docmd("MAIL", "FROM:<>")[0] == 250
+    smtp.rset()
+    smtp.quit()
+
+
 def _auth_before_and_after_tls(lst: Listener) -> tuple[bool, bool]:
     smtp = connect(lst)
     before = smtp.has_extn("auth")
@@ -239,7 +284,7 @@ def test_no_intermediate_serves_only_the_leaf(postfix: PostfixServer) -> None:
 
 def test_listeners_are_distinct_loopback_addresses(postfix: PostfixServer) -> None:
     hosts = [lst.host for lst in postfix.listeners.values()]
-    assert len(set(hosts)) == len(hosts) == 13
+    assert len(set(hosts)) == len(hosts) == 15
     assert all(ipaddress.ip_address(h) in ipaddress.ip_network("127.0.0.0/8") for h in hosts)
     assert {lst.server_name for lst in postfix.listeners.values()} == {SERVER_NAME}
     assert Path(postfix.log_file).is_file()

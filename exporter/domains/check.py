@@ -40,7 +40,7 @@ from exporter.domains.mta_sts import (
     select_sts_record,
 )
 from exporter.domains.tlsrpt import TLSRPT_VERSION, select_tlsrpt_record
-from exporter.model import ProbeResult, Target, VerifyPolicy
+from exporter.model import Checks, ProbeResult, Target, VerifyPolicy
 from exporter.probe import probe
 
 ProbeFn = Callable[[Target], Awaitable[ProbeResult]]
@@ -104,6 +104,8 @@ class DomainChecker:
         policy_max_interval: float = 3600.0,
         probe_fn: ProbeFn | None = None,
         clock: Callable[[], float] = time.time,
+        all_addresses: bool = False,
+        checks: Checks | None = None,
     ) -> None:
         self.domain = normalize_domain(domain)
         self.dns = dns
@@ -115,6 +117,8 @@ class DomainChecker:
         self.cache = PolicyCache(policy_max_interval)
         self._probe_fn = probe_fn or self._probe
         self._clock = clock
+        self.all_addresses = all_addresses
+        self.checks = checks or Checks()
 
     async def _probe(self, target: Target) -> ProbeResult:
         return await probe(target, resolver=self.dns.addresses)
@@ -135,6 +139,8 @@ class DomainChecker:
                 "domain": self.domain,
                 "mx_preference": str(host.preference),
             },
+            all_addresses=self.all_addresses,
+            checks=self.checks,
         )
 
     async def check(self, *, probe_mx: bool = True) -> DomainResult:
@@ -249,7 +255,10 @@ def _with_policy(base: StsResult, entry: CachedPolicy, *, from_cache: bool) -> S
 
 def mx_compliant(result: ProbeResult) -> bool:
     """Whether an MTA-STS sender would deliver to this MX (RFC 8461 section 4.2): the dialogue
-    completed, STARTTLS was offered and the certificate is trusted and valid for the MX name."""
+    completed, STARTTLS was offered and the certificate is trusted and valid for the MX name.
+    With all_addresses: at every address, since a sender may pick any of them."""
+    if result.addresses:
+        return all(mx_compliant(one) for one in result.addresses)
     v = result.verification
     return (
         result.success

@@ -7,11 +7,12 @@ that reader's value checks, so every problem is reported with its key path like 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from exporter.checks.config import mx_checks, read_flag
 from exporter.domains.check import is_domain_name, normalize_domain
-from exporter.model import parse_host_port
+from exporter.model import Checks, parse_host_port
 
 if TYPE_CHECKING:
     from exporter.config import _Defaults, _Reader
@@ -24,6 +25,7 @@ DNS_KEYS = ("nameservers", "timeout")
 DOMAIN_KEYS = (
     *("name", "interval", "probe_mx", "mx_interval"),
     *("timeout", "ca_file", "ehlo_name", "labels"),
+    *("all_addresses", "checks"),
 )
 _NOT_A_DOMAIN = "is not a domain name (two or more labels of letters, digits and hyphens)"
 
@@ -48,6 +50,8 @@ class DomainConfig:
     ca_file: str | None = None  # None: the system trust store
     ehlo_name: str | None = None  # None: the machine's FQDN
     labels: tuple[tuple[str, str], ...] = ()  # static labels, sorted by name
+    all_addresses: bool = False  # probe every address of each MX host
+    checks: Checks = field(default_factory=Checks)  # for each MX host; never submission
 
 
 def read_dns(r: _Reader, data: object) -> DnsConfig:
@@ -132,7 +136,12 @@ def _domain(r: _Reader, item: object, path: str, d: _Defaults) -> DomainConfig |
     ca_file = r.ca_file(m["ca_file"], path + ".ca_file") if "ca_file" in m else d.ca_file
     ehlo = r.ehlo_name(m["ehlo_name"], path + ".ehlo_name") if "ehlo_name" in m else d.ehlo_name
     labels = r.labels(m.get("labels"), path + ".labels")
-    if len(r.p.lines) > bad or name is None:
+    all_addresses = d.all_addresses
+    if "all_addresses" in m:
+        all_addresses = bool(read_flag(r, m["all_addresses"], path + ".all_addresses"))
+    inherited = replace(d.checks, submission_requires_tls=False)  # MX: port 25
+    checks = mx_checks(r, m["checks"], path + ".checks", d.checks) if "checks" in m else inherited
+    if len(r.p.lines) > bad or name is None or checks is None:
         return None
     interval = seconds["interval"] or DEFAULT_DOMAIN_INTERVAL
     mx_interval = seconds["mx_interval"] or d.interval
@@ -152,6 +161,8 @@ def _domain(r: _Reader, item: object, path: str, d: _Defaults) -> DomainConfig |
         ca_file=ca_file,
         ehlo_name=ehlo,
         labels=tuple(sorted(labels.items())),
+        all_addresses=all_addresses,
+        checks=checks,
     )
 
 

@@ -2,11 +2,13 @@
 
 `collect()` takes a snapshot of the service state and turns it into families; it never does I/O
 and never waits on a probe. The values come from the last scheduled probe of each target, so no
-sample carries a timestamp; `smtp_tls_last_probe_timestamp_seconds` says how old they are. A
-target that is configured but not yet probed has no per-endpoint series; a removed target's
-series are gone at the next scrape. For one STARTTLS target the exposition looks like:
+sample carries a timestamp; `smtp_tls_last_probe_timestamp_seconds` says how old they are, and
+`smtp_tls_probe_interval_seconds` how old they may be. A target that is configured but not yet
+probed has only the series of its config (interval, verify policy); a removed target's series
+are gone at the next scrape. For one STARTTLS target the exposition looks like:
 
     smtp_tls_probe_success{host="localhost",mode="starttls",port="25",target="localhost:25"} 1.0
+    smtp_tls_probe_interval_seconds{...} 60.0
     smtp_tls_probe_duration_seconds{...,phase="connect",...} 0.0004
     smtp_tls_version_info{...,version="TLS 1.3"} 1.0
     smtp_tls_starttls_advertised{...} 1.0
@@ -28,9 +30,16 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from exporter import __version__
-from exporter.model import Mode, ProbeResult, Target
-from exporter.service.domain_metrics import add_domain_samples, domain_families
-from exporter.service.state import Snapshot
+from exporter.checks.model import CheckRun
+from exporter.model import Mode, ProbeResult, Target, VerifyPolicy
+from exporter.service.check_metrics import CHECK_HELP, add_check_samples
+from exporter.service.domain_metrics import (
+    add_domain_config_samples,
+    add_domain_samples,
+    domain_families,
+    mx_probe_interval,
+)
+from exporter.service.state import CheckResults, Snapshot
 
 _FROM_PROBE = "from the last scheduled probe"
 
@@ -43,6 +52,11 @@ _ENDPOINT_HELP = {
     ),
     "smtp_tls_probe_duration_seconds": f"Seconds spent in each phase of the probe ({_FROM_PROBE}).",
     "smtp_tls_last_probe_timestamp_seconds": "Unix time at which the last scheduled probe started.",
+    "smtp_tls_probe_interval_seconds": (
+        "Seconds between scheduled probes of the target, from the config (an MX host: its "
+        "domain's mx_interval, or interval if shorter); present from the moment the target is "
+        "configured."
+    ),
     "smtp_tls_version_info": f"The negotiated TLS version, as the version label ({_FROM_PROBE}).",
     "smtp_tls_cipher_info": f"The negotiated cipher suite, as the cipher label ({_FROM_PROBE}).",
     "smtp_tls_starttls_advertised": (
@@ -79,6 +93,11 @@ _ENDPOINT_HELP = {
         f"Outcome of certificate verification: ok or the first problem found ({_FROM_PROBE})."
     ),
     "smtp_tls_cert_info": f"Identity of the leaf certificate ({_FROM_PROBE}).",
+    "smtp_tls_cert_verify_required": (
+        "1 if the target's config requires a verified certificate (verify: required, a "
+        "certificate problem fails the probe), 0 if problems are only reported (verify: report); "
+        "present from the moment the target is configured."
+    ),
 }
 
 
@@ -108,16 +127,20 @@ class SmtpTlsCollector(Collector):
             yield from _exporter_families(snap)
         families = {
             name: GaugeMetricFamily(name, _help(text, self._on_demand))
-            for name, text in _ENDPOINT_HELP.items()
+            for name, text in (_ENDPOINT_HELP | CHECK_HELP).items()
         }
         for target in snap.targets:
             result = snap.results.get(target.name)
             # A result of an earlier definition of a target with this name (changed by a reload)
-            # describes something no longer configured: nothing is shown until the next probe.
-            if result is not None and result.target == target:
-                _endpoint_samples(families, result, now)
+            # describes something no longer configured: only its config until the next probe.
+            if result is not None and result.target != target:
+                result = None
+            self._config_samples(families, target, target.interval, result)
+            if result is not None:
+                _endpoint_samples(families, result, now, snap.checks.get(target))
         domains = domain_families()
         for domain in snap.domains:
+            add_domain_config_samples(domains, domain)
             checked = snap.domain_results.get(domain.name)
             if checked is None:
                 continue
@@ -126,9 +149,27 @@ class SmtpTlsCollector(Collector):
             # MX host that left it has no series any more.
             for mx in checked.mx_checks:
                 if mx.probe is not None:
-                    _endpoint_samples(families, mx.probe, now)
+                    interval = mx_probe_interval(domain)
+                    self._config_samples(families, mx.probe.target, interval, mx.probe)
+                    _endpoint_samples(families, mx.probe, now, snap.checks.get(mx.probe.target))
         yield from (f for f in families.values() if f.samples)
         yield from (f for f in domains.values() if f.samples)
+
+    def _config_samples(
+        self,
+        families: dict[str, GaugeMetricFamily],
+        target: Target,
+        interval: float,
+        result: ProbeResult | None,
+    ) -> None:
+        # Like every per-endpoint series, once per address of an all_addresses target (those of
+        # its latest probe), so that rules can match them label for label.
+        for where in _addresses(result):
+            labels = {**_endpoint_labels(target), **where}
+            if not self._on_demand:  # an on-demand probe has no schedule
+                _add(families, "smtp_tls_probe_interval_seconds", labels, interval)
+            required = target.verify is VerifyPolicy.REQUIRED
+            _add(families, "smtp_tls_cert_verify_required", labels, required)
 
 
 def _help(text: str, on_demand: bool) -> str:
@@ -197,13 +238,52 @@ def _endpoint_labels(target: Target) -> dict[str, str]:
     }
 
 
-def _endpoint_samples(families: dict[str, GaugeMetricFamily], r: ProbeResult, now: float) -> None:
-    base = _endpoint_labels(r.target)
+def _add(
+    families: dict[str, GaugeMetricFamily], name: str, labels: dict[str, str], value: float
+) -> None:
+    # Static labels differ between targets, so samples are added with their own label set
+    # rather than through add_metric(), which fixes one set of names per family.
+    families[name].samples.append(Sample(name, labels, float(value)))
+
+
+def _address_labels(r: ProbeResult) -> dict[str, str]:
+    return {"address": r.peer_address or "", "ip_family": r.address_family or ""}
+
+
+def _addresses(result: ProbeResult | None) -> list[dict[str, str]]:
+    """The extra labels of a target's series: one set per address probed (all_addresses), or
+    none at all."""
+    if result is None or not result.addresses:
+        return [{}]
+    return [_address_labels(one) for one in result.addresses]
+
+
+def _endpoint_samples(
+    families: dict[str, GaugeMetricFamily],
+    r: ProbeResult,
+    now: float,
+    checks: CheckResults | None = None,
+) -> None:
+    """The series of one probe result, and of its checks' latest runs. A target with
+    all_addresses has them for each address probed, labelled `address` and `ip_family`."""
+    if not r.addresses:
+        _one_endpoint(families, r, now, {}, (checks or {}).get(None, ()))
+    for one in r.addresses:
+        where = _address_labels(one)
+        _one_endpoint(families, one, now, where, (checks or {}).get(one.peer_address, ()))
+
+
+def _one_endpoint(
+    families: dict[str, GaugeMetricFamily],
+    r: ProbeResult,
+    now: float,
+    where: dict[str, str],
+    check_runs: tuple[CheckRun, ...],
+) -> None:
+    base = {**_endpoint_labels(r.target), **where}
 
     def add(name: str, value: float, **extra: str) -> None:
-        # Static labels differ between targets, so samples are added with their own label
-        # set rather than through add_metric(), which fixes one set of names per family.
-        families[name].samples.append(Sample(name, {**base, **extra}, float(value)))
+        _add(families, name, {**base, **extra}, value)
 
     starttls = r.target.mode == Mode.STARTTLS
     add("smtp_tls_probe_success", r.success)
@@ -252,3 +332,4 @@ def _endpoint_samples(families: dict[str, GaugeMetricFamily], r: ProbeResult, no
         add("smtp_tls_cert_trusted", v.trusted)
         add("smtp_tls_cert_hostname_match", v.hostname_match)
         add("smtp_tls_cert_verify_info", 1, reason=str(v.reason))
+    add_check_samples(add, check_runs)

@@ -2,7 +2,8 @@
 
 Every series carries the domain's static labels and `domain`; the values come from the domain's
 last scheduled check (MX compliance from the last probe of each MX host). A domain configured but
-not yet checked has no series. For a domain with an enforce policy and one MX host:
+not yet checked has only `smtp_tls_domain_check_interval_seconds`, from its config. For a domain
+with an enforce policy and one MX host:
 
     smtp_tls_mta_sts_mode{domain="example.test",mode="enforce"} 1.0
     smtp_tls_mta_sts_mode{domain="example.test",mode="testing"} 0.0
@@ -10,6 +11,7 @@ not yet checked has no series. For a domain with an enforce policy and one MX ho
     smtp_tls_mta_sts_mx_match{domain="example.test",mx="mail.example.test"} 1.0
     smtp_tls_mta_sts_mx_compliant{domain="example.test",mx="mail.example.test"} 1.0
     smtp_tls_mx_count{domain="example.test"} 1.0
+    smtp_tls_mx_lookup_info{domain="example.test",status="mx"} 1.0
 
 The MX hosts' own probe series are the per-endpoint families (collector.py), with the labels
 `domain` and `mx_preference`. docs/metrics.md describes every metric.
@@ -66,8 +68,17 @@ DOMAIN_HELP = {
         "MX hosts of the domain: 1 for an implicit MX (the domain's own address), 0 for a null "
         f"MX or none; absent when the MX lookup failed ({_FROM_CHECK})."
     ),
+    "smtp_tls_mx_lookup_info": (
+        "Outcome of the domain's MX lookup, as the status label: mx (MX records), implicit (no "
+        "MX, the domain's own address), null (a null MX), none (neither MX nor address, or no "
+        f"such domain), error (the lookup failed); always 1 ({_FROM_CHECK})."
+    ),
     "smtp_tls_domain_last_check_timestamp_seconds": (
         "Unix time at which the last scheduled check of the domain started."
+    ),
+    "smtp_tls_domain_check_interval_seconds": (
+        "Seconds between scheduled checks of the domain, from the config; present from the "
+        "moment the domain is configured."
     ),
 }
 
@@ -76,10 +87,26 @@ def domain_families() -> dict[str, GaugeMetricFamily]:
     return {name: GaugeMetricFamily(name, text) for name, text in DOMAIN_HELP.items()}
 
 
+def mx_probe_interval(domain: DomainConfig) -> float:
+    """Seconds between two probes of one of the domain's MX hosts: they are probed after every
+    check and at every mx_interval in between (domain_scheduler.py)."""
+    return min(domain.mx_interval, domain.interval)
+
+
+def _base(domain: DomainConfig) -> dict[str, str]:
+    return {**dict(domain.labels), "domain": domain.name}
+
+
+def add_domain_config_samples(families: dict[str, GaugeMetricFamily], domain: DomainConfig) -> None:
+    """The series of the domain's config: there from the moment it is configured."""
+    name = "smtp_tls_domain_check_interval_seconds"
+    families[name].samples.append(Sample(name, _base(domain), float(domain.interval)))
+
+
 def add_domain_samples(
     families: dict[str, GaugeMetricFamily], domain: DomainConfig, r: DomainResult
 ) -> None:
-    base = {**dict(domain.labels), "domain": domain.name}
+    base = _base(domain)
 
     def add(name: str, value: float, **extra: str) -> None:
         # Static labels differ between domains: each sample gets its own label set.
@@ -105,4 +132,5 @@ def add_domain_samples(
     add("smtp_tls_tlsrpt_record_valid", r.tlsrpt.valid)
     if r.mx.status is not MxStatus.ERROR:
         add("smtp_tls_mx_count", len(r.mx.hosts))
+    add("smtp_tls_mx_lookup_info", 1, status=str(r.mx.status))
     add("smtp_tls_domain_last_check_timestamp_seconds", r.started_at)

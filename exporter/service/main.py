@@ -25,12 +25,15 @@ from typing import Any, TypeVar
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
+from exporter.checks.model import CheckRun
+from exporter.checks.run import run_checks
 from exporter.config import Config, ConfigError, load_config
 from exporter.domains.check import DomainChecker
 from exporter.domains.config import DnsConfig, DomainConfig
 from exporter.domains.fetch import Dns
 from exporter.model import ProbeResult, Target, join_host_port
 from exporter.probe import probe
+from exporter.service.check_scheduler import CheckScheduler
 from exporter.service.collector import SmtpTlsCollector
 from exporter.service.domain_scheduler import CheckerFactory, DomainScheduler
 from exporter.service.http import HttpServer, ProbeAnswer, ProbeRefused
@@ -255,10 +258,11 @@ class Service:
         self._dns: tuple[DnsConfig, Dns] | None = None  # the domain checks' DNS, built on use
         self._probe_fn = probe_fn or self._probe
         self.manners = Manners(config.host_concurrency)
+        self._checks = CheckScheduler(self.state, self._run_checks)
         self._scheduler = Scheduler(
             self.state,
             concurrency=config.concurrency,
-            probe_fn=self._probe_fn,
+            probe_fn=self._scheduled_probe,
             manners=self.manners,
         )
         self._domains = DomainScheduler(self.state, make_checker or self._make_checker)
@@ -300,6 +304,7 @@ class Service:
             task.cancel()
         await self._domains.stop()  # first: their MX probes run in the scheduler's slots
         await self._scheduler.stop()
+        await self._checks.stop()
 
     def attach_web(self, web: WebGuard) -> None:
         """Export the state of the web config in force (`--web.config.file`)."""
@@ -445,6 +450,17 @@ class Service:
             return None
         return len(asyncio.all_tasks(loop))
 
+    async def _scheduled_probe(self, target: Target) -> ProbeResult:
+        """A scheduled probe (of a target or an MX host), then its opt-in checks if due."""
+        result = await self._probe_fn(target)
+        self._checks.after_probe(result)
+        return result
+
+    async def _run_checks(self, target: Target, address: str | None) -> tuple[CheckRun, ...]:
+        # The checks' dialogues connect to the target's host too: they take one of its slots.
+        async with self.manners.host_slot(target):
+            return await run_checks(target, address, resolver=self._resolver)
+
     def _make_checker(self, domain: DomainConfig, dns_config: DnsConfig) -> DomainChecker:
         if self._dns is None or self._dns[0] != dns_config:
             self._dns = (dns_config, domain_dns(dns_config))
@@ -458,6 +474,8 @@ class Service:
             labels=dict(domain.labels),
             policy_max_interval=domain.interval,
             probe_fn=self._scheduler.probe_mx,
+            all_addresses=domain.all_addresses,
+            checks=domain.checks,
         )
 
     async def _run_on_demand(self, target: Target) -> ProbeResult:

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
+from exporter.checks.model import CheckRun
 from exporter.domains.config import DomainConfig
 from exporter.domains.model import DomainResult
 from exporter.model import ProbeResult, Target
+
+# The latest runs of a target's opt-in checks by address: the address for all_addresses, else None.
+CheckResults = dict[str | None, tuple[CheckRun, ...]]
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,7 @@ class Snapshot:
     scheduler_lag_max_seconds: float  # the largest lag since the exporter started
     domains: tuple[DomainConfig, ...] = ()  # the configured mail domains, in config order
     domain_results: dict[str, DomainResult] = field(default_factory=dict)  # name -> latest
+    checks: dict[Target, CheckResults] = field(default_factory=dict)  # the opt-in checks' latest
 
 
 @dataclass
@@ -39,6 +45,7 @@ class ServiceState:
     scheduler_lag_max_seconds: float = 0.0
     domains: tuple[DomainConfig, ...] = ()
     domain_results: dict[str, DomainResult] = field(default_factory=dict)
+    checks: dict[Target, CheckResults] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _by_name: dict[str, Target] = field(default_factory=dict, repr=False)
 
@@ -86,6 +93,22 @@ class ServiceState:
             if domain in self.domains:
                 self.domain_results[domain.name] = result
 
+    def record_checks(
+        self, target: Target, address: str | None, runs: tuple[CheckRun, ...]
+    ) -> None:
+        with self._lock:
+            # A new dict each time: snapshots hold the old one.
+            self.checks[target] = {**self.checks.get(target, {}), address: runs}
+
+    def retain_checks(self, target: Target, addresses: Collection[str | None]) -> None:
+        """Forget the check results of `target` except those of `addresses` (none: all)."""
+        with self._lock:
+            kept = {a: r for a, r in self.checks.get(target, {}).items() if a in addresses}
+            if kept:
+                self.checks[target] = kept
+            else:
+                self.checks.pop(target, None)
+
     def _count(self, result: ProbeResult, lag: float) -> None:
         self.probes_total["success" if result.success else "failure"] += 1
         self.scheduler_lag_seconds = lag
@@ -103,4 +126,5 @@ class ServiceState:
                 scheduler_lag_max_seconds=self.scheduler_lag_max_seconds,
                 domains=self.domains,
                 domain_results=dict(self.domain_results),
+                checks=dict(self.checks),
             )

@@ -151,8 +151,14 @@ class Connection(asyncio.Protocol):
     # -- writing ----------------------------------------------------------------------------
 
     def send(self, line: str) -> None:
-        self._note("C", line)
-        data = line.encode("ascii") + b"\r\n"
+        self.send_pipelined(line)
+
+    def send_pipelined(self, *lines: str) -> None:
+        """Send command lines in one write. More than one only for the STARTTLS injection check
+        (exporter.checks): the probe itself never pipelines."""
+        for line in lines:
+            self._note("C", line)
+        data = b"".join(line.encode("ascii") + b"\r\n" for line in lines)
         if self._ssl is None:
             self._write_raw(data)
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import ssl
+import warnings
 from typing import Any
 
 from exporter.model import TlsFacts
@@ -31,6 +32,43 @@ def client_context() -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
     ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
     return ctx
+
+
+# What the protocol check (exporter.checks) offers, one at a time, spelled as by `tls_facts`.
+PINNED_VERSIONS = {
+    "TLS 1.0": ssl.TLSVersion.TLSv1,
+    "TLS 1.1": ssl.TLSVersion.TLSv1_1,
+    "TLS 1.2": ssl.TLSVersion.TLSv1_2,
+}
+
+
+class VersionUnavailable(Exception):
+    """This Python and OpenSSL cannot offer the version at all (compiled out, or refused by the
+    library before a ClientHello exists): a refused handshake would say nothing of the server."""
+
+
+@functools.lru_cache(maxsize=len(PINNED_VERSIONS))
+def pinned_context(version: str) -> ssl.SSLContext:
+    """A context like `client_context()` that offers only `version` ("TLS 1.0", ...).
+
+    Raises VersionUnavailable when no ClientHello for it can be built here. OpenSSL 3 allows TLS
+    1.0 and 1.1 only below security level 1, hence @SECLEVEL=0, as in client_context."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with warnings.catch_warnings():
+        # Python deprecates naming TLS 1.0 and 1.1; naming them is this check's whole point.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ctx.maximum_version = PINNED_VERSIONS[version]
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    probe = ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="version.invalid")
+    try:
+        probe.do_handshake()
+    except ssl.SSLWantReadError:
+        return ctx  # a ClientHello was written: the version can be offered
+    except ssl.SSLError as exc:
+        raise VersionUnavailable(f"this OpenSSL cannot offer {version}: {exc}") from exc
+    raise VersionUnavailable(f"this OpenSSL cannot offer {version}")
 
 
 def tls_facts(sslobj: ssl.SSLObject) -> TlsFacts:

@@ -112,7 +112,7 @@ def _parse_pem_bundle(data: bytes) -> list[x509.Certificate]:
                 # Some distribution bundles hold roots with non-positive serials; they still work.
                 warnings.simplefilter("ignore", CryptographyDeprecationWarning)
                 certs.append(x509.load_pem_x509_certificate(_PEM_BEGIN + block))
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):
             continue
     return certs
 

@@ -22,6 +22,7 @@ from exporter.tls.verify import TrustStoreError, load_trust_store
 DEFAULT_INTERVAL = 60.0
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_CONCURRENCY = 50
+DEFAULT_HOST_CONCURRENCY = 2  # connections to one mail host at once (exporter.service.manners)
 
 # Label names the exporter sets itself; a static label with one of these names would clash.
 RESERVED_LABELS = frozenset(
@@ -52,6 +53,7 @@ _E = TypeVar("_E", Mode, VerifyPolicy)
 _TOP_KEYS = ("defaults", "dns", "dane", "targets", "domains", "probe_allowlist")
 _DEFAULT_KEYS = (
     *("interval", "timeout", "ehlo_name", "ca_file", "verify", "concurrency"),
+    "host_concurrency",
     *("all_addresses", "checks"),
 )
 _TARGET_KEYS = (
@@ -70,11 +72,13 @@ class TargetDefaults:
     ehlo_name: str | None = None
     ca_file: str | None = None
     verify: VerifyPolicy | None = None  # None: by port
+    interval: float = DEFAULT_INTERVAL  # how long /probe answers from the last probe's result
 
     def target(self, host: str, port: int) -> Target:
         return Target.create(
             host,
             port,
+            interval=self.interval,
             timeout=self.timeout,
             ehlo_name=self.ehlo_name,
             ca_file=self.ca_file,
@@ -92,6 +96,7 @@ class Config:
     dns: DnsConfig = field(default_factory=DnsConfig)  # for every lookup the exporter makes
     domains: tuple[DomainConfig, ...] = ()  # mail domains (docs/domains.md)
     dane: DaneConfig = field(default_factory=DaneConfig)  # the TLSA lookups (docs/dane.md)
+    host_concurrency: int = DEFAULT_HOST_CONCURRENCY  # probes connected to one host at once
 
 
 class ConfigError(Exception):
@@ -229,6 +234,7 @@ class _Defaults:
     ca_file: str | None = None
     verify: VerifyPolicy | None = None  # None: by port
     concurrency: int = DEFAULT_CONCURRENCY
+    host_concurrency: int = DEFAULT_HOST_CONCURRENCY
     all_addresses: bool = False
     checks: Checks = field(default_factory=Checks)
     given: set[str] = field(default_factory=set)
@@ -257,7 +263,11 @@ class _Reader:
         dane = read_dane(self, top)
         allowlist = self.allowlist(top.get("probe_allowlist"))
         target_defaults = TargetDefaults(
-            defaults.timeout, defaults.ehlo_name, defaults.ca_file, defaults.verify
+            defaults.timeout,
+            defaults.ehlo_name,
+            defaults.ca_file,
+            defaults.verify,
+            defaults.interval,
         )
         return Config(
             tuple(targets),
@@ -268,6 +278,7 @@ class _Reader:
             dns,
             domains,
             dane,
+            host_concurrency=defaults.host_concurrency,
         )
 
     # --- sections ---
@@ -291,12 +302,14 @@ class _Reader:
             d.ca_file = self.ca_file(section["ca_file"], path + "ca_file")
         if "verify" in section:
             d.verify = self.choice(section["verify"], path + "verify", VerifyPolicy)
-        if "concurrency" in section:
-            value = section["concurrency"]
+        for key in ("concurrency", "host_concurrency"):
+            if key not in section:
+                continue
+            value = section[key]
             if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-                d.concurrency = value
+                setattr(d, key, value)
             else:
-                self.p.add(path + "concurrency", f"{_show(value)} is not a positive integer")
+                self.p.add(path + key, f"{_show(value)} is not a positive integer")
         if "all_addresses" in section:
             d.all_addresses = bool(
                 read_flag(self, section["all_addresses"], path + "all_addresses")

@@ -46,3 +46,13 @@ def server_tls(ca: trustme.CA) -> Iterator[ssl.SSLContext]:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("scripted.test", "127.0.0.1").configure_cert(ctx)
     yield ctx
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `load` run only when asked for by name: `-m load`."""
+    if "load" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="opt-in: ./scripts/test -m load tests/test_load.py")
+    for item in items:
+        if "load" in item.keywords:
+            item.add_marker(skip)

@@ -47,7 +47,11 @@ from exporter.model import (
     VerifyReason,
 )
 from exporter.service.collector import SmtpTlsCollector
+from exporter.service.manners import Manners
+from exporter.service.service_metrics import ServiceCollector
 from exporter.service.state import ServiceState, Snapshot
+from exporter.web.config import WebConfig
+from exporter.web.guard import WebGuard
 from tests import check_results, dane_results
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
@@ -582,7 +586,9 @@ def rich_registry() -> CollectorRegistry:
     state.reload_success_timestamp = NOW - 60
     add_checks(state)
     add_dane(state)
-    return registry_for(state)
+    registry = registry_for(state)
+    registry.register(rich_service_collector())
+    return registry
 
 
 def add_dane(state: ServiceState) -> None:
@@ -607,6 +613,22 @@ def add_checks(state: ServiceState) -> None:
 
 
 _IMPLICIT_OK = Target.create("localhost", 465)
+
+
+def rich_service_collector() -> ServiceCollector:
+    """The exporter's reliability metrics, each present: an endpoint backing off, a web config."""
+    manners = Manners()
+    pushed = ProbeResult(
+        target=_IMPLICIT_OK,
+        started_at=NOW,
+        success=False,
+        failure=Failure(Stage.GREETING, Reason.GREETING_REJECTED, "421 busy"),
+    )
+    manners.started(_IMPLICIT_OK)
+    manners.finished(_IMPLICIT_OK, pushed)
+    collector = ServiceCollector(manners, lambda: 12)
+    collector.web = WebGuard(WebConfig())
+    return collector
 
 
 def documented() -> dict[str, dict[str, object]]:

@@ -121,6 +121,7 @@ defaults:
   interval: 1h
   timeout: 5s
   ehlo_name: exporter.test
+  host_concurrency: 16  # every scripted server is on 127.0.0.1
 targets:
   - name: good
     host: 127.0.0.1
@@ -350,7 +351,10 @@ async def test_probe_with_debug_returns_the_report(setup: Setup) -> None:
     resp = await fetch(setup.exporter.url + "/probe?target=good&debug=true")
     assert resp.status == 200
     assert resp.headers["Content-Type"] == "text/plain; charset=utf-8"
-    assert resp.text.startswith("OK  good")
+    # "good" was probed at start, less than its interval ago: that probe's report (test_manners)
+    intro, _, report = resp.text.partition("\n\n")
+    assert intro.startswith("Result of the probe started ")
+    assert report.startswith("OK  good")
     assert "Transcript" in resp.text
     assert "EHLO exporter.test" in resp.text
     assert "Metrics returned by this probe" in resp.text
@@ -418,12 +422,16 @@ async def test_on_demand_probes_are_capped(setup: Setup, server_tls: ssl.SSLCont
         await release.wait()
         await smtp_session(reader, writer, server_tls)
 
-    async with serve(held) as (host, port):
-        url = setup.exporter.url + f"/probe?target={host}:{port}"
-        waiting = [asyncio.create_task(fetch(url)) for _ in range(ON_DEMAND_LIMIT)]
+    async with contextlib.AsyncExitStack() as stack:
+        # One port each: an endpoint probed a moment ago is not probed again (test_manners).
+        ports = [
+            (await stack.enter_async_context(serve(held)))[1] for _ in range(ON_DEMAND_LIMIT + 1)
+        ]
+        urls = [setup.exporter.url + f"/probe?target=127.0.0.1:{port}" for port in ports]
+        waiting = [asyncio.create_task(fetch(url)) for url in urls[:ON_DEMAND_LIMIT]]
         try:
             await until(lambda: connected == ON_DEMAND_LIMIT, "the capped probes to connect")
-            refused = await fetch(url)
+            refused = await fetch(urls[-1])
             assert refused.status == 429
             assert "on-demand probes are already running" in refused.text
         finally:

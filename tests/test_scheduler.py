@@ -248,10 +248,11 @@ async def test_update_adds_removes_and_restarts_changed_targets(state: ServiceSt
         await scheduler.update([a, b])
         await until(lambda: len(state.snapshot().results) == 2, "first results")
 
-        a_changed = dataclasses.replace(a, timeout=3.0)
+        # A new port: a new endpoint. (Changed otherwise, it keeps its spacing: test_manners.)
+        a_changed = dataclasses.replace(a, port=2526)
         fake.gates["c"] = asyncio.Event()  # c's probe stays in flight
         await scheduler.update([a_changed, b, c])
-        # The added target and the changed one are probed at once; b keeps its schedule.
+        # The added target and the moved one are probed at once; b keeps its schedule.
         await until(lambda: len(fake.starts["a"]) == 2, "the changed target's new probe")
         await until(lambda: len(fake.starts["c"]) == 1, "the added target's probe")
         assert len(fake.starts["b"]) == 1

@@ -9,23 +9,31 @@ which the backend runs on the event loop. Routes:
     GET  /debug?target=NAME   the last scheduled result of NAME as a text report with transcript
     GET  /debug?domain=NAME   the last scheduled check of mail domain NAME as a text report
     GET  /probe?target=T      probe T now (a configured name, or host:port of a permitted host) and
-                              return that probe's metrics; `&debug=true`: the report instead
+                              return that probe's metrics; `&debug=true`: the report instead.
+                              Within T's interval after its last probe, that probe's result
+                              (X-Probe-Cached, Age), unless `&force=true` (exporter.service.manners)
     GET  /-/healthy           200 while the process serves
     GET  /-/ready             200 once the config is loaded and the scheduler runs, else 503
     POST /-/reload            reload the config: 200, or 500 with every problem (old one kept)
+
+With a web config (`--web.config.file`, exporter.web) every connection and request goes through
+its guard first: TLS and client certificates per connection; rate limit, basic auth and the
+extra response headers per request, on every route.
 """
 
 from __future__ import annotations
 
 import gzip
 import logging
+import math
 import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client.exposition import choose_encoder, generate_latest, gzip_accepted
@@ -37,6 +45,7 @@ from exporter.model import ProbeResult, join_host_port
 from exporter.report import render_text
 from exporter.service.landing import landing_page
 from exporter.service.state import Snapshot
+from exporter.web.guard import Active, WebGuard
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +53,29 @@ TEXT = "text/plain; charset=utf-8"
 HTML = "text/html; charset=utf-8"
 # Request bodies are only ever empty (POST /-/reload); anything larger is not read.
 MAX_BODY = 64 * 1024
+# Seconds a connection may sit idle (between requests, or in the middle of one) before it is
+# closed, so that clients that connect and say nothing cannot hold the server's threads for ever.
+IDLE_TIMEOUT = 120.0
 
 
 class ProbeRefused(Exception):
-    """An on-demand probe that was not run, with the HTTP status and message that say why."""
+    """An on-demand probe that was not run, with the HTTP status and message that say why, and
+    for how many seconds (Retry-After) when that is known."""
 
-    def __init__(self, status: HTTPStatus, message: str) -> None:
+    def __init__(self, status: HTTPStatus, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class ProbeAnswer:
+    """An on-demand probe's result; `cached_age` set when it is the result of an earlier probe
+    (of `cached_age` seconds ago) rather than of a probe run for this request."""
+
+    result: ProbeResult
+    cached_age: float | None = None
 
 
 class Backend(Protocol):
@@ -69,8 +92,8 @@ class Backend(Protocol):
         """Reload the config; (True, message) or (False, every problem, one per line)."""
         ...
 
-    def probe(self, target: str, scrape_timeout: float | None) -> ProbeResult:
-        """Probe `target` now and wait for the result; raises ProbeRefused."""
+    def probe(self, target: str, scrape_timeout: float | None, force: bool = False) -> ProbeAnswer:
+        """Probe `target` now (or answer from its last probe) and wait; raises ProbeRefused."""
         ...
 
     def probe_registry(self, result: ProbeResult) -> CollectorRegistry:
@@ -81,15 +104,16 @@ class Backend(Protocol):
 class HttpServer:
     """The HTTP server and the thread that runs it."""
 
-    def __init__(self, host: str, port: int, backend: Backend) -> None:
-        """Bind now (OSError if that fails); "" means every interface, IPv6 and IPv4."""
+    def __init__(self, host: str, port: int, backend: Backend, web: WebGuard | None = None) -> None:
+        """Bind now (OSError if that fails); "" means every interface, IPv6 and IPv4.
+        `web` enforces a web config (TLS, basic auth, headers, rate limit)."""
         try:
-            self._server = _Server(host, port, backend)
+            self._server = _Server(host, port, backend, web)
         except OSError:
             if host != "":
                 raise
             # No IPv6 here (a container with it disabled, say): every IPv4 interface.
-            self._server = _Server("0.0.0.0", port, backend)
+            self._server = _Server("0.0.0.0", port, backend, web)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="http", kwargs={"poll_interval": 0.2}
         )
@@ -103,7 +127,9 @@ class HttpServer:
     @property
     def url(self) -> str:
         host, port = self.address
-        return f"http://{join_host_port(host, port)}"
+        web = self._server.web
+        scheme = "https" if web is not None and web.current().context is not None else "http"
+        return f"{scheme}://{join_host_port(host, port)}"
 
     def start(self) -> None:
         self._thread.start()
@@ -131,10 +157,29 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a request stuck on a probe never blocks the process from exiting
     block_on_close = False
 
-    def __init__(self, host: str, port: int, backend: Backend) -> None:
+    def __init__(self, host: str, port: int, backend: Backend, web: WebGuard | None) -> None:
         self.address_family, address, self._dual_stack = _bind_family(host)
         self.backend = backend
+        self.web = web
         super().__init__((address, port), _Handler)
+
+    def finish_request(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any
+    ) -> None:
+        # On the connection's own thread: a slow TLS handshake never blocks accepting others.
+        assert isinstance(request, socket.socket)
+        active = self.web.current() if self.web is not None else None
+        if active is None or active.context is None:
+            super().finish_request(request, client_address)
+            return
+        assert self.web is not None
+        tls = self.web.accept(request, active)
+        if tls is None:
+            return
+        try:
+            _Handler(tls, client_address, self)
+        finally:
+            tls.close()
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind would look up the host's FQDN (a DNS query) only to fill
@@ -153,6 +198,8 @@ Route = Callable[["_Handler", dict[str, list[str]]], None]
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    timeout = IDLE_TIMEOUT
+    _extra_headers: tuple[tuple[str, str], ...] = ()
 
     def version_string(self) -> str:
         return f"smtp-tls-exporter/{__version__}"
@@ -174,6 +221,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         url = urlsplit(self.path)
         self._discard_body()
+        web = self.server.web
+        if web is not None and not self._admitted(web, web.current()):
+            return
         route: Route
         if url.path == "/-/reload":
             route, allowed = _Handler.reload, ("POST", "PUT")
@@ -194,6 +244,24 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:
             log.exception("error serving %s", url.path)
             self.send_text(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; see the log\n")
+
+    def _admitted(self, web: WebGuard, active: Active) -> bool:
+        """Rate limit, then basic auth; False once the refusal is sent."""
+        self._extra_headers = active.config.headers
+        if not web.admit(active):
+            self.send_text(
+                HTTPStatus.TOO_MANY_REQUESTS, "Too many requests.\n", headers={"Retry-After": "1"}
+            )
+            return False
+        if not web.authorized(active, self.headers.get("Authorization")):
+            log.debug("unauthorized request", extra={"client": self.address_string()})
+            self.send_text(
+                HTTPStatus.UNAUTHORIZED,
+                "Unauthorized.\n",
+                headers={"WWW-Authenticate": 'Basic realm="smtp-tls-exporter", charset="UTF-8"'},
+            )
+            return False
+        return True
 
     def _discard_body(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -249,19 +317,36 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_text(HTTPStatus.BAD_REQUEST, "missing ?target=NAME or ?target=host:port\n")
             return
         backend = self.server.backend
+        force = _param(query, "force") in ("true", "1")
+        timeout = _scrape_timeout(self.headers.get(SCRAPE_TIMEOUT_HEADER))
         try:
-            result = backend.probe(spec, _scrape_timeout(self.headers.get(SCRAPE_TIMEOUT_HEADER)))
+            answer = backend.probe(spec, timeout, force)
         except ProbeRefused as refused:
-            self.send_text(refused.status, refused.message.rstrip("\n") + "\n")
+            headers = {}
+            if refused.retry_after is not None:
+                headers["Retry-After"] = str(max(1, math.ceil(refused.retry_after)))
+            self.send_text(refused.status, refused.message.rstrip("\n") + "\n", headers)
             return
+        result = answer.result
         registry = backend.probe_registry(result)
+        headers = {}
+        if answer.cached_age is not None:
+            # RFC 9111 section 5.1: Age, the seconds since the answer was made (the probe ran).
+            headers = {CACHED_HEADER: "true", "Age": str(int(answer.cached_age))}
         if _param(query, "debug") in ("true", "1"):
             report = render_text(result)
             exposition = generate_latest(registry).decode()
-            body = f"{report}\n\nMetrics returned by this probe\n\n{exposition}"
-            self.send_text(HTTPStatus.OK, body)
+            intro = ""
+            if answer.cached_age is not None:
+                intro = (
+                    f"Result of the probe started {_when(result.started_at)} "
+                    f"({answer.cached_age:.0f}s ago), within the target's interval; "
+                    "&force=true probes again.\n\n"
+                )
+            body = f"{intro}{report}\n\nMetrics returned by this probe\n\n{exposition}"
+            self.send_text(HTTPStatus.OK, body, headers)
         else:
-            self.send_exposition(registry)
+            self.send_exposition(registry, headers)
 
     def healthy(self, query: dict[str, list[str]]) -> None:
         self.send_text(HTTPStatus.OK, "Healthy.\n")
@@ -279,10 +364,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- responses --------------------------------------------------------------------------
 
-    def send_exposition(self, registry: CollectorRegistry) -> None:
+    def send_exposition(
+        self, registry: CollectorRegistry, extra: dict[str, str] | None = None
+    ) -> None:
         encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
         body = encoder(registry)
-        headers = {"Vary": "Accept, Accept-Encoding"}
+        headers = {"Vary": "Accept, Accept-Encoding", **(extra or {})}
         if gzip_accepted(self.headers.get("Accept-Encoding", "")):
             body = gzip.compress(body)
             headers["Content-Encoding"] = "gzip"
@@ -305,6 +392,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
+        for key, value in self._extra_headers:
+            self.send_header(key, value)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -325,6 +414,8 @@ _GET_ROUTES: dict[str, Route] = {
     "/-/ready": _Handler.ready,
 }
 
+# On a /probe answer that is the result of an earlier probe (with Age: its age in seconds).
+CACHED_HEADER = "X-Probe-Cached"
 # Prometheus sends its scrape timeout; an on-demand probe must answer within it.
 SCRAPE_TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
 

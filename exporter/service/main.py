@@ -37,12 +37,16 @@ from exporter.service.check_scheduler import CheckScheduler
 from exporter.service.collector import SmtpTlsCollector
 from exporter.service.dane_runner import DaneRunner
 from exporter.service.domain_scheduler import CheckerFactory, DomainScheduler
-from exporter.service.http import HttpServer, ProbeRefused
+from exporter.service.http import HttpServer, ProbeAnswer, ProbeRefused
 from exporter.service.logs import FORMATS, LEVELS, setup_logging
+from exporter.service.manners import Manners
 from exporter.service.on_demand import choose_target, on_demand_registry
 from exporter.service.resolvers import domain_dns, endpoint_resolver
 from exporter.service.scheduler import ProbeFn, Scheduler, log_result
+from exporter.service.service_metrics import ServiceCollector
 from exporter.service.state import ServiceState, Snapshot
+from exporter.web.config import WebConfigError, describe_web_config, load_web_config
+from exporter.web.guard import WebGuard
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="[HOST]:PORT",
         help="address to serve HTTP on; ':PORT' is every interface (default: %(default)s)",
     )
+    p.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        default=None,
+        metavar="PATH",
+        help="web config in the exporter-toolkit format: TLS, basic auth, response headers, "
+        "rate limit (docs/security.md); re-read when it changes",
+    )
     p.add_argument("--log.level", dest="log_level", choices=list(LEVELS), default="info")
     p.add_argument("--log.format", dest="log_format", choices=list(FORMATS), default="logfmt")
     p.add_argument("--version", action="version", version=f"smtp-tls-exporter {__version__}")
@@ -111,7 +123,7 @@ def serve_command(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.config_check:
-        return check_config(args.config_file)
+        return check_config(args.config_file, args.web_config_file)
     try:
         host, port = parse_listen_address(args.listen_address)
     except ValueError as exc:
@@ -122,17 +134,35 @@ def serve_command(argv: list[str]) -> int:
     except ConfigError as exc:
         _print_problems(args.config_file, exc)
         return 1
-    return asyncio.run(_serve(config, args.config_file, host, port))
+    web = None
+    if args.web_config_file is not None:
+        try:
+            web = WebGuard(load_web_config(args.web_config_file), args.web_config_file)
+        except WebConfigError as exc:
+            _print_problems(args.web_config_file, exc, what="web config")
+            return 1
+    return asyncio.run(_serve(config, args.config_file, host, port, web))
 
 
-def check_config(path: str) -> int:
+def check_config(path: str, web_path: str | None = None) -> int:
+    """--config.check: the config file, and the web config file when one is given."""
+    status = 0
     try:
         config = load_config(path)
     except ConfigError as exc:
         _print_problems(path, exc)
-        return 1
-    print(f"{path}: OK ({_counts(config)})")
-    return 0
+        status = 1
+    else:
+        print(f"{path}: OK ({_counts(config)})")
+    if web_path is not None:
+        try:
+            web = load_web_config(web_path)
+        except WebConfigError as exc:
+            _print_problems(web_path, exc, what="web config")
+            status = 1
+        else:
+            print(f"{web_path}: OK ({describe_web_config(web)})")
+    return status
 
 
 def _counts(config: Config) -> str:
@@ -141,30 +171,35 @@ def _counts(config: Config) -> str:
     return text + (f", {len(config.domains)} domains" if config.domains else "")
 
 
-def _print_problems(path: str, exc: ConfigError) -> None:
-    print(f"{path}: invalid config ({len(exc.problems)} problems):", file=sys.stderr)
+def _print_problems(path: str, exc: ConfigError | WebConfigError, what: str = "config") -> None:
+    print(f"{path}: invalid {what} ({len(exc.problems)} problems):", file=sys.stderr)
     for line in exc.problems:
         print(f"  {line}", file=sys.stderr)
 
 
-async def _serve(config: Config, config_path: str, host: str, port: int) -> int:
+async def _serve(
+    config: Config, config_path: str, host: str, port: int, web: WebGuard | None = None
+) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     reloads: set[asyncio.Task[tuple[bool, str]]] = set()
 
     def on_sighup() -> None:
         log.info("SIGHUP: reloading the config")
-        task = loop.create_task(service.reload_async())
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
+        task = service.request_reload()
+        if task is not None:
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
 
     def on_stop(signame: str) -> None:
         log.info("%s: shutting down", signame)
         stop.set()
 
     service = Service(config, config_path)
+    if web is not None:
+        service.attach_web(web)
     try:
-        server = HttpServer(host, port, service)
+        server = HttpServer(host, port, service, web)
     except OSError as exc:
         where = join_host_port(host or "*", port)
         log.error("cannot listen on %s: %s", where, exc.strerror or exc)
@@ -176,6 +211,14 @@ async def _serve(config: Config, config_path: str, host: str, port: int) -> int:
         async with running(service, server):
             # Tests started on port 0 read the port from this line.
             log.info("listening on %s", join_host_port(*server.address))
+            if web is not None:
+                log.info(
+                    "web config in force",
+                    extra={
+                        "web_config": web.path,
+                        "web": describe_web_config(web.current().config),
+                    },
+                )
             await stop.wait()
     finally:
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
@@ -216,16 +259,23 @@ class Service:
         self._dns: tuple[DnsConfig, Dns] | None = None  # the domain checks' DNS, built on use
         self._probe_fn = probe_fn or self._probe
         self._dane = DaneRunner(config.dane)  # each probe of a target with `dane` gets its check
+        self.manners = Manners(config.host_concurrency)
         self._checks = CheckScheduler(self.state, self._run_checks)
         self._scheduler = Scheduler(
-            self.state, concurrency=config.concurrency, probe_fn=self._scheduled_probe
+            self.state,
+            concurrency=config.concurrency,
+            probe_fn=self._scheduled_probe,
+            manners=self.manners,
         )
         self._domains = DomainScheduler(self.state, make_checker or self._make_checker)
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(SmtpTlsCollector(self.state.snapshot))
+        self._own_metrics = ServiceCollector(self.manners, self._count_tasks)
+        self._registry.register(self._own_metrics)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = False
         self._reload_lock = asyncio.Lock()
+        self._reload_queued = False
         self._on_demand = threading.BoundedSemaphore(ON_DEMAND_LIMIT)
         self._on_demand_tasks: set[asyncio.Task[Any]] = set()
 
@@ -258,6 +308,25 @@ class Service:
         await self._scheduler.stop()
         await self._checks.stop()
 
+    def attach_web(self, web: WebGuard) -> None:
+        """Export the state of the web config in force (`--web.config.file`)."""
+        self._own_metrics.web = web
+
+    def request_reload(self) -> asyncio.Task[tuple[bool, str]] | None:
+        """Reload soon (SIGHUP). Requests that arrive while one waits to start are merged
+        into it: it reads the file as it is then, so a burst of signals costs one reload or
+        two, not one each."""
+        if self._reload_queued:
+            log.debug("a reload is already queued")
+            return None
+        self._reload_queued = True
+        return asyncio.get_running_loop().create_task(self._queued_reload())
+
+    async def _queued_reload(self) -> tuple[bool, str]:
+        async with self._reload_lock:  # until the reload in progress, if any, is done
+            self._reload_queued = False
+        return await self.reload_async()
+
     async def reload_async(self) -> tuple[bool, str]:
         """Load the config file again; on any problem keep the running config."""
         async with self._reload_lock:
@@ -280,6 +349,7 @@ class Service:
             if config.dane != self.config.dane:
                 self._dane.config = config.dane
                 changes["dane"] = {"changed"}
+            self.manners.set_host_concurrency(config.host_concurrency)
             await self._scheduler.update(config.targets, config.concurrency)
             await self._domains.update(config.domains, config.dns)
             self.config = config
@@ -316,7 +386,7 @@ class Service:
         except TimeoutError:
             return False, f"the reload did not finish within {RELOAD_TIMEOUT:g}s"
 
-    def probe(self, target: str, scrape_timeout: float | None) -> ProbeResult:
+    def probe(self, target: str, scrape_timeout: float | None, force: bool = False) -> ProbeAnswer:
         chosen = self.on_demand_target(target)
         if scrape_timeout is not None:
             budget = scrape_timeout - SCRAPE_TIMEOUT_OFFSET
@@ -331,6 +401,15 @@ class Service:
                 f"{ON_DEMAND_LIMIT} on-demand probes are already running; try again later",
             )
         try:
+            # Good manners (manners.py): the last result within the interval, a refusal while
+            # backing off or too soon after the last forced probe, else a probe.
+            decision = self.manners.on_demand(chosen, force=force)
+            if decision.cached is not None:
+                return ProbeAnswer(decision.cached, decision.age)
+            if decision.wait > 0:
+                raise ProbeRefused(
+                    HTTPStatus.TOO_MANY_REQUESTS, f"{chosen.name}: {decision.why}", decision.wait
+                )
             future = self._submit(self._run_on_demand(chosen))
             try:
                 result = future.result(chosen.timeout + PROBE_GRACE)
@@ -350,7 +429,7 @@ class Service:
         finally:
             self._on_demand.release()
         log_result(result)
-        return result
+        return ProbeAnswer(result)
 
     def probe_registry(self, result: ProbeResult) -> CollectorRegistry:
         return on_demand_registry(result)
@@ -370,6 +449,12 @@ class Service:
     async def _probe(self, target: Target) -> ProbeResult:
         return await probe(target, resolver=self._resolver)
 
+    def _count_tasks(self) -> int | None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return None
+        return len(asyncio.all_tasks(loop))
+
     async def _scheduled_probe(self, target: Target) -> ProbeResult:
         """A scheduled probe (of a target or an MX host) with its DANE check, then its opt-in
         checks if due."""
@@ -378,7 +463,9 @@ class Service:
         return result
 
     async def _run_checks(self, target: Target, address: str | None) -> tuple[CheckRun, ...]:
-        return await run_checks(target, address, resolver=self._resolver)
+        # The checks' dialogues connect to the target's host too: they take one of its slots.
+        async with self.manners.host_slot(target):
+            return await run_checks(target, address, resolver=self._resolver)
 
     def _make_checker(self, domain: DomainConfig, dns_config: DnsConfig) -> DomainChecker:
         if self._dns is None or self._dns[0] != dns_config:
@@ -399,11 +486,15 @@ class Service:
         )
 
     async def _run_on_demand(self, target: Target) -> ProbeResult:
+        """One on-demand probe (its start already recorded by `Manners.on_demand`)."""
         task = asyncio.current_task()
         assert task is not None
         self._on_demand_tasks.add(task)
         try:
-            return await self._dane.probe(target, self._probe_fn)
+            async with self.manners.host_slot(target):
+                result = await self._dane.probe(target, self._probe_fn)
+            self.manners.finished(target, result)
+            return result
         finally:
             self._on_demand_tasks.discard(task)
 

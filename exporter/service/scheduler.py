@@ -22,6 +22,12 @@ each result is how long after its slot the probe actually started (waiting for t
 included). The probe bounds itself by the target's timeout; should it still not return within
 that plus a grace period (or should it raise), the scheduler records an internal error, so a stuck
 probe cannot hold a concurrency slot for ever and a broken one cannot end its target's schedule.
+
+Every probe also goes through the service's `Manners` (manners.py): a slot of its host (taken
+before the global one, so probes waiting for a busy host hold no global slot), and a record of
+its start and result. A target's first probe waits until one interval after the previous probe
+of the same name, host and port (so a reload that changes a target's timeout or labels does not
+probe it early), and a server that pushed the prober away holds its next slot back (back-off).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from exporter.model import Failure, ProbeResult, Reason, Stage, Target
 from exporter.probe import probe as default_probe
+from exporter.service.manners import Manners
 from exporter.service.state import ServiceState
 
 log = logging.getLogger(__name__)
@@ -76,13 +83,16 @@ class Scheduler:
         concurrency: int,
         probe_fn: ProbeFn = default_probe,
         stuck_grace: float = STUCK_GRACE,
+        manners: Manners | None = None,
     ) -> None:
+        """`manners` default: spacing and back-off without a limit per host."""
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self._state = state
         self._probe_fn = probe_fn
         self._clock = time.monotonic
         self._stuck_grace = stuck_grace
+        self._manners = manners if manners is not None else Manners(None)
         self._epoch = self._clock()
         self._concurrency = concurrency
         self._semaphore = asyncio.Semaphore(concurrency)
@@ -136,11 +146,20 @@ class Scheduler:
 
     async def _run(self, target: Target) -> None:
         frac = phase(target.name)
-        slot = self._clock()
+        now = self._clock()
+        slot = max(now, self._manners.not_before(target))
+        if slot > now:  # probed less than an interval ago: show that result meanwhile, if any
+            last = self._manners.last_probe(target)
+            if last is not None and last[1] is not None:
+                self._state.restore(last[1])
         while True:
             await self._sleep_until(slot)
             await self._probe_once(target, slot)
-            slot = next_slot(self._epoch, target.interval, frac, slot, self._clock())
+            now = self._clock()
+            slot = next_slot(self._epoch, target.interval, frac, slot, now)
+            hold = self._manners.backoff_until(target)
+            if hold > slot:  # the first slot of the grid at or after the back-off
+                slot = next_slot(self._epoch, target.interval, frac, hold - target.interval, now)
 
     async def _sleep_until(self, when: float) -> None:
         delay = when - self._clock()
@@ -148,7 +167,7 @@ class Scheduler:
             await asyncio.sleep(delay)
 
     async def _probe_once(self, target: Target, slot: float) -> None:
-        async with self._semaphore:
+        async with self._manners.host_slot(target), self._semaphore:
             lag = max(0.0, self._clock() - slot)
             result = await self._guarded_probe(target)
         self._state.record(result, lag)
@@ -158,7 +177,7 @@ class Scheduler:
         """Probe a mail domain's MX host now, as a scheduled probe: in a concurrency slot, with
         the stuck-probe guard, counted and logged. Its lag is the wait for the slot."""
         asked = self._clock()
-        async with self._semaphore:
+        async with self._manners.host_slot(target), self._semaphore:
             lag = max(0.0, self._clock() - asked)
             result = await self._guarded_probe(target)
         self._state.record_mx_probe(result, lag)
@@ -166,6 +185,12 @@ class Scheduler:
         return result
 
     async def _guarded_probe(self, target: Target) -> ProbeResult:
+        self._manners.started(target)
+        result = await self._bounded(target)
+        self._manners.finished(target, result)
+        return result
+
+    async def _bounded(self, target: Target) -> ProbeResult:
         started_at = time.time()
         try:
             async with asyncio.timeout(target.timeout + self._stuck_grace):

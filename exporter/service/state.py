@@ -47,13 +47,16 @@ class ServiceState:
     domain_results: dict[str, DomainResult] = field(default_factory=dict)
     checks: dict[Target, CheckResults] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _by_name: dict[str, Target] = field(default_factory=dict, repr=False)
 
     def set_targets(self, targets: tuple[Target, ...]) -> None:
         """Install a new target list; results of targets no longer configured so are dropped."""
         with self._lock:
             self.targets = targets
+            # By name, so that keeping a result costs one lookup, not a scan of every target.
+            self._by_name = {t.name: t for t in targets}
             # A removed target loses its series; so does a changed one until it is probed again.
-            self.results = {k: v for k, v in self.results.items() if v.target in targets}
+            self.results = {k: v for k, v in self.results.items() if self._configured(v.target)}
 
     def set_domains(self, domains: tuple[DomainConfig, ...]) -> None:
         """Install a new domain list; results of domains removed or changed are dropped."""
@@ -65,9 +68,19 @@ class ServiceState:
     def record(self, result: ProbeResult, lag: float) -> None:
         with self._lock:
             # A result for a target removed (or changed) while its probe ran is not kept.
-            if result.target in self.targets:
+            if self._configured(result.target):
                 self.results[result.target.name] = result
             self._count(result, lag)
+
+    def restore(self, result: ProbeResult) -> None:
+        """Show an earlier result of a configured target again, uncounted: a target removed and
+        added back within its interval is not probed early (manners.py), and keeps its series."""
+        with self._lock:
+            if self._configured(result.target):
+                self.results[result.target.name] = result
+
+    def _configured(self, target: Target) -> bool:
+        return self._by_name.get(target.name) == target
 
     def record_mx_probe(self, result: ProbeResult, lag: float) -> None:
         """An MX probe: counted like any scheduled probe, kept in its domain's result."""

@@ -17,6 +17,7 @@ import functools
 import ipaddress
 import os
 import ssl
+import stat
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +45,9 @@ class TrustStore:
     certs: tuple[x509.Certificate, ...]
 
 
+MAX_CA_FILE = 16 * 1024 * 1024  # bytes; Debian's whole bundle is about 200 KiB
+
+
 def load_trust_store(ca_file: str | None) -> TrustStore:
     """The trust store for a CA file, or the system's when None. Cached until the file changes."""
     if ca_file is not None:
@@ -51,6 +55,14 @@ def load_trust_store(ca_file: str | None) -> TrustStore:
             st = os.stat(ca_file)
         except OSError as exc:
             raise TrustStoreError(f"CA file {ca_file}: {exc.strerror}") from exc
+        # A device or a pipe (/dev/zero, a FIFO) would be read for ever: refused, as is a file
+        # far larger than any CA bundle.
+        if not stat.S_ISREG(st.st_mode):
+            raise TrustStoreError(f"CA file {ca_file}: not a regular file")
+        if st.st_size > MAX_CA_FILE:
+            raise TrustStoreError(
+                f"CA file {ca_file}: {st.st_size} bytes, more than a CA bundle ({MAX_CA_FILE})"
+            )
         return _load_file(ca_file, st.st_mtime_ns, st.st_size)
     return _load_system()
 
@@ -59,7 +71,7 @@ def load_trust_store(ca_file: str | None) -> TrustStore:
 def _load_file(path: str, _mtime_ns: int, _size: int) -> TrustStore:
     try:
         with open(path, "rb") as fh:
-            data = fh.read()
+            data = fh.read(MAX_CA_FILE + 1)
     except OSError as exc:
         raise TrustStoreError(f"CA file {path}: {exc.strerror}") from exc
     certs = _parse_pem_bundle(data)

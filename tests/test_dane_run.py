@@ -24,6 +24,7 @@ from exporter.domains.check import DomainChecker
 from exporter.domains.fetch import Dns
 from exporter.domains.model import MxHost
 from exporter.model import Phases, ProbeResult, Target
+from exporter.service import manners
 from exporter.service.dane_runner import DaneRunner
 from exporter.service.main import Service
 from tests.dane_certs import der, make_cert, record
@@ -231,7 +232,11 @@ def service_config(path: Path, ns: TlsaResponder, timeout: str = "5s") -> Path:
     return path
 
 
-async def test_scheduled_and_on_demand_probes_get_their_dane_check(tmp_path: Path) -> None:
+async def test_scheduled_and_on_demand_probes_get_their_dane_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Forced on-demand probes are normally 10 s apart (good manners): not what this test is about.
+    monkeypatch.setattr(manners, "FORCE_MIN_SPACING", 0.0)
     async with tlsa_responder() as ns:
         ns.records = [record(3, 1, 1, LEAF)]
         path = service_config(tmp_path / "config.yml", ns)
@@ -245,7 +250,9 @@ async def test_scheduled_and_on_demand_probes_get_their_dane_check(tmp_path: Pat
             assert dane is not None and dane.reason is DaneReason.OK
             assert ns.queries == [QNAME]
 
-            on_demand = await asyncio.to_thread(service.probe, "dane", None)
+            answer = await asyncio.to_thread(service.probe, "dane", None, True)
+            on_demand = answer.result
+            assert answer.cached_age is None
             assert on_demand.dane is not None and on_demand.dane.match
             assert ns.queries == [QNAME, QNAME]
 
@@ -255,7 +262,7 @@ async def test_scheduled_and_on_demand_probes_get_their_dane_check(tmp_path: Pat
                 service_config(path, other)
                 ok, message = await service.reload_async()
                 assert ok, message
-                again = await asyncio.to_thread(service.probe, "dane", None)
+                again = (await asyncio.to_thread(service.probe, "dane", None, True)).result
                 assert again.dane is not None and again.dane.reason is DaneReason.MISMATCH
                 assert other.queries == [QNAME]
         finally:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import ssl
 import time
+from typing import cast
 
 from exporter.model import TranscriptEntry
 from exporter.smtp.reply import MAX_LINE, MAX_REPLY, Reply, take_reply
@@ -61,8 +62,9 @@ class Connection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # Not an isinstance() check: uvloop's TCP transport has the Transport methods without
+        # deriving from asyncio.Transport.
+        self._transport = cast(asyncio.Transport, transport)
         sockname = transport.get_extra_info("sockname")
         self.local_address = str(sockname[0]) if sockname else None
 

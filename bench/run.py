@@ -398,6 +398,7 @@ class ScaleRow:
     body_gzip_kb: float
     failures: int
     probes: int
+    scrape_log: list[tuple[float, float, bool, int, bool]] = field(default_factory=list)
 
 
 async def scale_run(
@@ -513,6 +514,11 @@ def analyse_scale(watch: Watch, eps: list[Endpoint], interval: float) -> ScaleRo
         body_gzip_kb=(gzipped[-1] if gzipped else 0) / 1024,
         failures=int(counted.get("failure", 0)),
         probes=int(sum(counted.values())),
+        # (seconds after the first probe, latency, gzip, size, during the start-up round)
+        scrape_log=[
+            (round(s.at - t_first, 3), round(s.seconds, 4), s.gzip, s.size, s.full_load)
+            for s in watch.scrapes
+        ],
     )
 
 

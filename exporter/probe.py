@@ -9,7 +9,6 @@ becomes a Failure(stage, reason, detail) from closed lists; an unexpected except
 from __future__ import annotations
 
 import asyncio
-import datetime
 import errno
 import functools
 import ipaddress
@@ -20,8 +19,6 @@ import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TypeVar
-
-from cryptography import x509
 
 from exporter.addresses import probe_each_address
 from exporter.model import (
@@ -42,8 +39,8 @@ from exporter.model import (
 from exporter.resolve import Addresses, ResolveError, Resolver, literal, system_resolve
 from exporter.smtp.reply import Ehlo, Reply, ReplyError, ReplyTooLarge, parse_ehlo
 from exporter.smtp.wire import Connection, ConnectionClosed, TlsError, looks_like_tls
-from exporter.tls import certs, session
-from exporter.tls.verify import TrustStoreError, load_trust_store, verify
+from exporter.tls import chaincache, session
+from exporter.tls.verify import TrustStoreError, load_trust_store
 
 log = logging.getLogger(__name__)
 
@@ -243,24 +240,18 @@ class _Run:
 
     def _read_certificates(self, ders: list[bytes]) -> None:
         self.chain_der = tuple(ders)
-        loaded: list[x509.Certificate] = []
-        facts: list[CertFacts] = []
-        for der in ders:
-            try:
-                cert = x509.load_der_x509_certificate(der)
-                facts.append(certs.describe_loaded(cert, der))
-            except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError
-                self._conn().note("tls", f"unreadable certificate in the served chain: {exc}")
-                break
-            loaded.append(cert)
-        self.chain = tuple(facts)
+        chain = chaincache.read_chain(ders)
+        if chain.problem is not None:
+            self._conn().note("tls", f"unreadable certificate in the served chain: {chain.problem}")
+        self.chain = chain.facts
         try:
             trust = load_trust_store(self.target.ca_file)
         except TrustStoreError as exc:
             self.verification = Verification(False, False, VerifyReason.UNTRUSTED, str(exc))
             return
-        now = datetime.datetime.now(datetime.UTC)
-        self.verification = verify(loaded, self.target.server_name, trust, now)
+        self.verification = chaincache.verify_chain(
+            chain, self.target.server_name, trust, time.time()
+        )
         self._conn().note(
             "tls",
             f"certificate: trusted={self.verification.trusted} "

@@ -108,15 +108,23 @@ class ConfigError(Exception):
         self.source = source
 
 
+def read_text(path: str) -> str:
+    """A config file's text. Raises ValueError with the message to show when it cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text: {exc.reason}") from exc
+
+
 def load_config(path: str) -> Config:
     """Read and validate the config file at `path`. Relative `ca_file`s are relative to it."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise ConfigError([f"cannot read {path}: {exc.strerror}"], path) from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError([f"{path} is not UTF-8 text: {exc.reason}"], path) from exc
+        text = read_text(path)
+    except ValueError as exc:
+        raise ConfigError([str(exc)], path) from exc
     return parse_config(text, path, base_dir=os.path.dirname(os.path.abspath(path)))
 
 

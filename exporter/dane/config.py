@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from exporter.checks.config import read_flag
 from exporter.domains.check import is_domain_name, normalize_domain
-from exporter.domains.config import _nameserver as nameserver
+from exporter.domains.config import nameserver
 from exporter.model import Mode
 
 if TYPE_CHECKING:

@@ -65,7 +65,7 @@ def read_dns(r: _Reader, data: object) -> DnsConfig:
     first_seen: dict[str, int] = {}
     for i, item in enumerate(r.sequence(section.get("nameservers"), "dns.nameservers")):
         path = f"dns.nameservers[{i}]"
-        server = _nameserver(r, item, path)
+        server = nameserver(r, item, path)
         if server is None:
             continue
         ip = server[0]
@@ -78,7 +78,7 @@ def read_dns(r: _Reader, data: object) -> DnsConfig:
     return DnsConfig(tuple(servers), timeout)
 
 
-def _nameserver(r: _Reader, value: object, path: str) -> tuple[str, int] | None:
+def nameserver(r: _Reader, value: object, path: str) -> tuple[str, int] | None:
     # An address, not a name: looking up the name server's name would need a name server.
     expected = "an IP address or IP:port ([IPv6]:port)"
     if not isinstance(value, str):

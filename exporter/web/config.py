@@ -20,7 +20,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from exporter.config import _show, _StrictLoader, _yaml_problem, parse_duration
+from exporter.config import _show, _StrictLoader, _yaml_problem, parse_duration, read_text
 
 # exporter-toolkit's names (Go's tls.ClientAuthType) -> what Python's ssl module does for them.
 CLIENT_AUTH = {
@@ -118,12 +118,9 @@ class WebConfigError(Exception):
 def load_web_config(path: str) -> WebConfig:
     """Read and check the web config at `path`; relative file names are relative to it."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise WebConfigError([f"cannot read {path}: {exc.strerror}"], path) from exc
-    except UnicodeDecodeError as exc:
-        raise WebConfigError([f"{path} is not UTF-8 text: {exc.reason}"], path) from exc
+        text = read_text(path)
+    except ValueError as exc:
+        raise WebConfigError([str(exc)], path) from exc
     config = parse_web_config(text, path, base_dir=os.path.dirname(os.path.abspath(path)))
     # The file itself is watched too, to pick up a change of users or headers.
     return WebConfig(**{**config.__dict__, "files": (path, *config.files)})

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,7 @@ class Plan:
     native_seconds: float
 
 
+PARTS = ("native", "blackbox", "rate", "scale")
 FULL = Plan(10_000, (100, 1_000, 10_000), 60.0, 15.0, 1_000, 10.0, 300, 10.0)
 QUICK = Plan(2_000, (100, 1_000), 20.0, 5.0, 500, 5.0, 150, 5.0)
 
@@ -630,18 +631,23 @@ async def _bench(
     implicit = [ep for ep in eps if ep.implicit][: plan.rate_targets]
     rate = plan.rate_targets / plan.rate_interval
     measure_s = 2 * plan.rate_interval
+    parts = set(args.parts.split(","))
     with _maybe_postfix(not args.no_postfix) as pf:
         if pf is not None:
             meta["postfix"] = pf.version
-        _say("native floor: openssl s_time, python blocking loop")
-        cpu.append(s_time(implicit[0], pki.ca_file, plan.native_seconds, "scripted"))
-        cpu.append(pyloop(starttls[0], pki.ca_file, plan.native_seconds, "scripted"))
-        if pf is not None:
-            cpu.append(s_time(pf.implicit, pf.ca_file, plan.native_seconds, "postfix"))
+        if "native" in parts:
+            _say("native floor: openssl s_time, python blocking loop")
+            cpu.append(s_time(implicit[0], pki.ca_file, plan.native_seconds, "scripted"))
+            cpu.append(pyloop(starttls[0], pki.ca_file, plan.native_seconds, "scripted"))
+            if pf is not None:
+                cpu.append(s_time(pf.implicit, pf.ca_file, plan.native_seconds, "postfix"))
 
-        bb_path = None if args.no_blackbox else blackbox.binary()
+        bb_path = None if args.no_blackbox or "blackbox" not in parts else blackbox.binary()
         if bb_path is None:
-            _say("blackbox_exporter: not installed (apt-get install prometheus-blackbox-exporter)")
+            if "blackbox" in parts and not args.no_blackbox:
+                _say(
+                    "blackbox_exporter: not installed (apt-get install prometheus-blackbox-exporter)"
+                )
         else:
             version = blackbox.version(bb_path)
             meta["blackbox"] = version
@@ -696,7 +702,8 @@ async def _bench(
                         )
                     )
 
-        for mode, group in (("starttls", starttls), ("implicit_tls", implicit)):
+        rates = (("starttls", starttls), ("implicit_tls", implicit)) if "rate" in parts else ()
+        for mode, group in rates:
             named = [(f"{ep.host}:{ep.port}", ep) for ep in group]
             _say(f"smtp-tls-exporter: {len(named)} {mode} targets every {plan.rate_interval:g}s")
             cpu.append(
@@ -726,7 +733,7 @@ async def _bench(
                         uvloop=True,
                     )
                 )
-        if pf is not None:
+        if pf is not None and "rate" in parts:
             named = [(f"postfix-{i:04d}", pf.starttls) for i in range(plan.postfix_targets)]
             _say(f"smtp-tls-exporter: Postfix STARTTLS, {len(named)} targets")
             cpu.append(
@@ -742,7 +749,7 @@ async def _bench(
                 )
             )
 
-        for n in plan.scale:
+        for n in plan.scale if "scale" in parts else ():
             _say(f"scale: {n} targets every {plan.scale_interval:g}s")
             scale.append(await scale_run(workdir, n, plan, server, pki.ca_file))
     meta["cpu"] = [asdict(r) for r in cpu]
@@ -768,10 +775,21 @@ def main() -> int:
     p.add_argument("--no-postfix", action="store_true", help="leave Postfix out")
     p.add_argument("--no-blackbox", action="store_true", help="leave blackbox_exporter out")
     p.add_argument("--no-uvloop-server", action="store_true", help="scripted server on asyncio")
+    p.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"comma-separated parts to run, of {','.join(PARTS)} (default: all)",
+    )
+    p.add_argument("--scale", help="comma-separated target counts for the scale part")
     args = p.parse_args()
+    if not set(args.parts.split(",")) <= set(PARTS):
+        p.error(f"--parts: choose among {','.join(PARTS)}")
     if not 1 <= args.subnet <= 254:
         p.error("--subnet must be 1..254")
     plan = QUICK if args.quick else FULL
+    if args.scale:
+        counts = tuple(int(n) for n in args.scale.split(","))
+        plan = replace(plan, scale=counts, endpoints=max(plan.endpoints, *counts))
     workdir = args.out or Path(tempfile.mkdtemp(prefix="smtp-tls-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     _say(f"working directory {workdir}")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -31,6 +31,8 @@ from prometheus_client.samples import Sample
 
 from exporter import __version__
 from exporter.checks.model import CheckRun
+from exporter.domains.config import DomainConfig
+from exporter.domains.model import DomainResult
 from exporter.model import Mode, ProbeResult, Target, VerifyPolicy
 from exporter.service.check_metrics import CHECK_HELP, add_check_samples
 from exporter.service.dane_metrics import DANE_HELP, add_dane_samples
@@ -40,6 +42,7 @@ from exporter.service.domain_metrics import (
     domain_families,
     mx_probe_interval,
 )
+from exporter.service.families import Families
 from exporter.service.state import CheckResults, Snapshot
 
 _FROM_PROBE = "from the last scheduled probe"
@@ -126,51 +129,88 @@ class SmtpTlsCollector(Collector):
         now = self._clock()
         if not self._on_demand:
             yield from _exporter_families(snap)
-        families = {
-            name: GaugeMetricFamily(name, _help(text, self._on_demand))
-            for name, text in (_ENDPOINT_HELP | CHECK_HELP | DANE_HELP).items()
-        }
+        families = endpoint_families(self._on_demand)
         for target in snap.targets:
-            result = snap.results.get(target.name)
-            # A result of an earlier definition of a target with this name (changed by a reload)
-            # describes something no longer configured: only its config until the next probe.
-            if result is not None and result.target != target:
-                result = None
-            self._config_samples(families, target, target.interval, result)
-            if result is not None:
-                _endpoint_samples(families, result, now, snap.checks.get(target))
+            add_target_samples(
+                families,
+                target,
+                snap.results.get(target.name),
+                snap.checks.get(target),
+                now,
+                self._on_demand,
+            )
         domains = domain_families()
         for domain in snap.domains:
-            add_domain_config_samples(domains, domain)
-            checked = snap.domain_results.get(domain.name)
-            if checked is None:
-                continue
-            add_domain_samples(domains, domain, checked)
-            # A domain's MX probes are endpoints too; the MX set is the latest check's, so an
-            # MX host that left it has no series any more.
-            for mx in checked.mx_checks:
-                if mx.probe is not None:
-                    interval = mx_probe_interval(domain)
-                    self._config_samples(families, mx.probe.target, interval, mx.probe)
-                    _endpoint_samples(families, mx.probe, now, snap.checks.get(mx.probe.target))
+            add_domain_block(
+                families, domains, domain, snap.domain_results.get(domain.name), snap.checks, now
+            )
         yield from (f for f in families.values() if f.samples)
         yield from (f for f in domains.values() if f.samples)
 
-    def _config_samples(
-        self,
-        families: dict[str, GaugeMetricFamily],
-        target: Target,
-        interval: float,
-        result: ProbeResult | None,
-    ) -> None:
-        # Like every per-endpoint series, once per address of an all_addresses target (those of
-        # its latest probe), so that rules can match them label for label.
-        for where in _addresses(result):
-            labels = {**_endpoint_labels(target), **where}
-            if not self._on_demand:  # an on-demand probe has no schedule
-                _add(families, "smtp_tls_probe_interval_seconds", labels, interval)
-            required = target.verify is VerifyPolicy.REQUIRED
-            _add(families, "smtp_tls_cert_verify_required", labels, required)
+
+def endpoint_families(on_demand: bool = False) -> dict[str, GaugeMetricFamily]:
+    """The per-endpoint families, empty, in the order they are exposed."""
+    return {
+        name: GaugeMetricFamily(name, _help(text, on_demand))
+        for name, text in (_ENDPOINT_HELP | CHECK_HELP | DANE_HELP).items()
+    }
+
+
+def add_target_samples(
+    families: Families,
+    target: Target,
+    result: ProbeResult | None,
+    checks: CheckResults | None,
+    now: float,
+    on_demand: bool = False,
+) -> None:
+    """A configured target's series: those of its config, and of its latest result if any."""
+    # A result of an earlier definition of a target with this name (changed by a reload)
+    # describes something no longer configured: only its config until the next probe.
+    if result is not None and result.target != target:
+        result = None
+    _config_samples(families, target, target.interval, result, on_demand)
+    if result is not None:
+        _endpoint_samples(families, result, now, checks)
+
+
+def add_domain_block(
+    families: Families,
+    domains: Families,
+    domain: DomainConfig,
+    checked: DomainResult | None,
+    checks: Mapping[Target, CheckResults],
+    now: float,
+) -> None:
+    """A mail domain's series (into `domains`) and those of its MX hosts' probes (`families`)."""
+    add_domain_config_samples(domains, domain)
+    if checked is None:
+        return
+    add_domain_samples(domains, domain, checked)
+    # A domain's MX probes are endpoints too; the MX set is the latest check's, so an MX host
+    # that left it has no series any more.
+    for mx in checked.mx_checks:
+        if mx.probe is not None:
+            interval = mx_probe_interval(domain)
+            _config_samples(families, mx.probe.target, interval, mx.probe)
+            _endpoint_samples(families, mx.probe, now, checks.get(mx.probe.target))
+
+
+def _config_samples(
+    families: Families,
+    target: Target,
+    interval: float,
+    result: ProbeResult | None,
+    on_demand: bool = False,
+) -> None:
+    # Like every per-endpoint series, once per address of an all_addresses target (those of
+    # its latest probe), so that rules can match them label for label.
+    for where in _addresses(result):
+        labels = {**_endpoint_labels(target), **where}
+        if not on_demand:  # an on-demand probe has no schedule
+            _add(families, "smtp_tls_probe_interval_seconds", labels, interval)
+        required = target.verify is VerifyPolicy.REQUIRED
+        _add(families, "smtp_tls_cert_verify_required", labels, required)
 
 
 def _help(text: str, on_demand: bool) -> str:
@@ -239,9 +279,7 @@ def _endpoint_labels(target: Target) -> dict[str, str]:
     }
 
 
-def _add(
-    families: dict[str, GaugeMetricFamily], name: str, labels: dict[str, str], value: float
-) -> None:
+def _add(families: Families, name: str, labels: dict[str, str], value: float) -> None:
     # Static labels differ between targets, so samples are added with their own label set
     # rather than through add_metric(), which fixes one set of names per family.
     families[name].samples.append(Sample(name, labels, float(value)))
@@ -260,7 +298,7 @@ def _addresses(result: ProbeResult | None) -> list[dict[str, str]]:
 
 
 def _endpoint_samples(
-    families: dict[str, GaugeMetricFamily],
+    families: Families,
     r: ProbeResult,
     now: float,
     checks: CheckResults | None = None,
@@ -275,7 +313,7 @@ def _endpoint_samples(
 
 
 def _one_endpoint(
-    families: dict[str, GaugeMetricFamily],
+    families: Families,
     r: ProbeResult,
     now: float,
     where: dict[str, str],

@@ -24,6 +24,7 @@ from prometheus_client.samples import Sample
 
 from exporter.domains.config import DomainConfig
 from exporter.domains.model import DomainResult, MxStatus, StsState
+from exporter.service.families import Families
 
 _FROM_CHECK = "from the last scheduled check of the domain"
 
@@ -97,15 +98,13 @@ def _base(domain: DomainConfig) -> dict[str, str]:
     return {**dict(domain.labels), "domain": domain.name}
 
 
-def add_domain_config_samples(families: dict[str, GaugeMetricFamily], domain: DomainConfig) -> None:
+def add_domain_config_samples(families: Families, domain: DomainConfig) -> None:
     """The series of the domain's config: there from the moment it is configured."""
     name = "smtp_tls_domain_check_interval_seconds"
     families[name].samples.append(Sample(name, _base(domain), float(domain.interval)))
 
 
-def add_domain_samples(
-    families: dict[str, GaugeMetricFamily], domain: DomainConfig, r: DomainResult
-) -> None:
+def add_domain_samples(families: Families, domain: DomainConfig, r: DomainResult) -> None:
     base = _base(domain)
 
     def add(name: str, value: float, **extra: str) -> None:

@@ -579,14 +579,19 @@ def test_golden_exposition_of_one_implicit_tls_result() -> None:
 # --- docs/metrics.md and the collector agree -------------------------------------------------
 
 
-def rich_registry() -> CollectorRegistry:
+def rich_state() -> ServiceState:
     """Every kind of result the collector knows, so every metric it can emit is emitted."""
     state = make_state(starttls_ok(), refused(), implicit_expired(), implicit_ok(_IMPLICIT_OK))
     add_domains(state, (ENFORCED, enforced()), (BROKEN, broken()))
     state.reload_success_timestamp = NOW - 60
     add_checks(state)
     add_dane(state)
-    registry = registry_for(state)
+    return state
+
+
+def rich_registry() -> CollectorRegistry:
+    """The collector over rich_state(), and the exporter's reliability metrics."""
+    registry = registry_for(rich_state())
     registry.register(rich_service_collector())
     return registry
 

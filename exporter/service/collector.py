@@ -128,7 +128,7 @@ class SmtpTlsCollector(Collector):
         snap = self._snapshot()
         now = self._clock()
         if not self._on_demand:
-            yield from _exporter_families(snap)
+            yield from exporter_families(snap)
         families = endpoint_families(self._on_demand)
         for target in snap.targets:
             add_target_samples(
@@ -221,7 +221,7 @@ def _help(text: str, on_demand: bool) -> str:
     )
 
 
-def _exporter_families(snap: Snapshot) -> Iterator[Metric]:
+def exporter_families(snap: Snapshot) -> Iterator[Metric]:
     build = GaugeMetricFamily(
         "smtp_tls_exporter_build_info",
         "The exporter's version and the Python running it; always 1.",

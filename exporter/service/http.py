@@ -81,8 +81,10 @@ class ProbeAnswer:
 class Backend(Protocol):
     """What the HTTP layer needs from the running service. Every method is called off the loop."""
 
-    @property
-    def registry(self) -> CollectorRegistry: ...
+    def metrics(self, accept: str, gzip: bool) -> tuple[str, list[bytes]]:
+        """The content type and body parts of a /metrics answer for this Accept header,
+        gzip-encoded if `gzip`."""
+        ...
 
     def snapshot(self) -> Snapshot: ...
 
@@ -273,7 +275,12 @@ class _Handler(BaseHTTPRequestHandler):
     # -- routes -----------------------------------------------------------------------------
 
     def metrics(self, query: dict[str, list[str]]) -> None:
-        self.send_exposition(self.server.backend.registry)
+        gzip = gzip_accepted(self.headers.get("Accept-Encoding", ""))
+        content_type, parts = self.server.backend.metrics(self.headers.get("Accept", ""), gzip)
+        headers = {"Vary": "Accept, Accept-Encoding"}
+        if gzip:
+            headers["Content-Encoding"] = "gzip"
+        self.send_body(HTTPStatus.OK, content_type, parts, headers)
 
     def landing(self, query: dict[str, list[str]]) -> None:
         self.send_body(HTTPStatus.OK, HTML, landing_page(self.server.backend.snapshot()).encode())
@@ -384,19 +391,22 @@ class _Handler(BaseHTTPRequestHandler):
         self,
         status: HTTPStatus,
         content_type: str,
-        body: bytes,
+        body: bytes | list[bytes],
         headers: dict[str, str] | None = None,
     ) -> None:
+        """Send an answer; a body given in parts is written part by part, never joined."""
+        parts = body if isinstance(body, list) else [body]
         self.send_response(status)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(sum(len(p) for p in parts)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         for key, value in self._extra_headers:
             self.send_header(key, value)
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(body)
+            for part in parts:
+                self.wfile.write(part)
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug(

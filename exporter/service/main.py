@@ -34,9 +34,9 @@ from exporter.domains.fetch import Dns
 from exporter.model import ProbeResult, Target, join_host_port
 from exporter.probe import probe
 from exporter.service.check_scheduler import CheckScheduler
-from exporter.service.collector import SmtpTlsCollector
 from exporter.service.dane_runner import DaneRunner
 from exporter.service.domain_scheduler import CheckerFactory, DomainScheduler
+from exporter.service.exposition import CachedExposition, ExporterFamilies
 from exporter.service.http import HttpServer, ProbeAnswer, ProbeRefused
 from exporter.service.logs import FORMATS, LEVELS, setup_logging
 from exporter.service.manners import Manners
@@ -268,10 +268,13 @@ class Service:
             manners=self.manners,
         )
         self._domains = DomainScheduler(self.state, make_checker or self._make_checker)
-        self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(SmtpTlsCollector(self.state.snapshot))
+        # /metrics: every target's and domain's series from a cache (exposition.py), then the
+        # exporter's own families, fresh at each scrape.
+        own = CollectorRegistry(auto_describe=False)
+        own.register(ExporterFamilies(self.state.snapshot))
         self._own_metrics = ServiceCollector(self.manners, self._count_tasks)
-        self._registry.register(self._own_metrics)
+        own.register(self._own_metrics)
+        self._exposition = CachedExposition(self.state, own)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = False
         self._reload_lock = asyncio.Lock()
@@ -283,6 +286,7 @@ class Service:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._exposition.start()
         await self._scheduler.update(self.config.targets, self.config.concurrency)
         await self._domains.update(self.config.domains, self.config.dns)
         self.state.reload_success = True
@@ -307,6 +311,7 @@ class Service:
         await self._domains.stop()  # first: their MX probes run in the scheduler's slots
         await self._scheduler.stop()
         await self._checks.stop()
+        self._exposition.stop()
 
     def attach_web(self, web: WebGuard) -> None:
         """Export the state of the web config in force (`--web.config.file`)."""
@@ -368,9 +373,8 @@ class Service:
 
     # -- the HTTP layer's backend, called from its threads ----------------------------------
 
-    @property
-    def registry(self) -> CollectorRegistry:
-        return self._registry
+    def metrics(self, accept: str, gzip: bool) -> tuple[str, list[bytes]]:
+        return self._exposition.answer(accept, gzip)
 
     def snapshot(self) -> Snapshot:
         return self.state.snapshot()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from exporter.checks.model import CheckRun
@@ -32,6 +32,7 @@ class Snapshot:
     domains: tuple[DomainConfig, ...] = ()  # the configured mail domains, in config order
     domain_results: dict[str, DomainResult] = field(default_factory=dict)  # name -> latest
     checks: dict[Target, CheckResults] = field(default_factory=dict)  # the opt-in checks' latest
+    version: int = 0  # changes whenever anything above but the counters and lag changes
 
 
 @dataclass
@@ -46,6 +47,12 @@ class ServiceState:
     domains: tuple[DomainConfig, ...] = ()
     domain_results: dict[str, DomainResult] = field(default_factory=dict)
     checks: dict[Target, CheckResults] = field(default_factory=dict)
+    # Bumped by every change of targets, results, domains or checks (not by counters): an
+    # exposition built at one version is still true while the version stays.
+    version: int = 0
+    # Called on the writer's thread with each result kept by record() (exposition.py renders
+    # the target's lines then, so that no scrape has to).
+    on_record: Callable[[ProbeResult], None] | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _by_name: dict[str, Target] = field(default_factory=dict, repr=False)
 
@@ -57,6 +64,7 @@ class ServiceState:
             self._by_name = {t.name: t for t in targets}
             # A removed target loses its series; so does a changed one until it is probed again.
             self.results = {k: v for k, v in self.results.items() if self._configured(v.target)}
+            self.version += 1
 
     def set_domains(self, domains: tuple[DomainConfig, ...]) -> None:
         """Install a new domain list; results of domains removed or changed are dropped."""
@@ -64,13 +72,18 @@ class ServiceState:
             kept = {d.name for d in domains if d in self.domains}
             self.domains = domains
             self.domain_results = {k: v for k, v in self.domain_results.items() if k in kept}
+            self.version += 1
 
     def record(self, result: ProbeResult, lag: float) -> None:
         with self._lock:
             # A result for a target removed (or changed) while its probe ran is not kept.
-            if self._configured(result.target):
+            kept = self._configured(result.target)
+            if kept:
                 self.results[result.target.name] = result
+                self.version += 1
             self._count(result, lag)
+        if kept and self.on_record is not None:
+            self.on_record(result)
 
     def restore(self, result: ProbeResult) -> None:
         """Show an earlier result of a configured target again, uncounted: a target removed and
@@ -78,6 +91,7 @@ class ServiceState:
         with self._lock:
             if self._configured(result.target):
                 self.results[result.target.name] = result
+                self.version += 1
 
     def _configured(self, target: Target) -> bool:
         return self._by_name.get(target.name) == target
@@ -92,6 +106,7 @@ class ServiceState:
             # A result for a domain removed (or changed) while it was checked is not kept.
             if domain in self.domains:
                 self.domain_results[domain.name] = result
+                self.version += 1
 
     def record_checks(
         self, target: Target, address: str | None, runs: tuple[CheckRun, ...]
@@ -99,6 +114,7 @@ class ServiceState:
         with self._lock:
             # A new dict each time: snapshots hold the old one.
             self.checks[target] = {**self.checks.get(target, {}), address: runs}
+            self.version += 1
 
     def retain_checks(self, target: Target, addresses: Collection[str | None]) -> None:
         """Forget the check results of `target` except those of `addresses` (none: all)."""
@@ -108,6 +124,7 @@ class ServiceState:
                 self.checks[target] = kept
             else:
                 self.checks.pop(target, None)
+            self.version += 1
 
     def _count(self, result: ProbeResult, lag: float) -> None:
         self.probes_total["success" if result.success else "failure"] += 1
@@ -127,4 +144,5 @@ class ServiceState:
                 domains=self.domains,
                 domain_results=dict(self.domain_results),
                 checks=dict(self.checks),
+                version=self.version,
             )

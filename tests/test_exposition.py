@@ -1,0 +1,221 @@
+"""The cached /metrics (exposition.py): the collector's series, rendered once per result."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import math
+import threading
+import zlib
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as parse_openmetrics,
+)
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+from exporter.model import Target
+from exporter.service import exposition
+from exporter.service.collector import SmtpTlsCollector
+from exporter.service.exposition import CachedExposition, ExporterFamilies
+from exporter.service.state import ServiceState
+from tests.test_collector import (
+    DAY,
+    ENFORCED,
+    NOW,
+    RELAY,
+    SUBMISSION,
+    UNPROBED,
+    Clock,
+    add_domains,
+    enforced,
+    labels,
+    make_state,
+    refused,
+    rich_state,
+    starttls_ok,
+)
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+TEXT_ACCEPT = "text/plain;version=0.0.4"
+OPENMETRICS_TYPE = "application/openmetrics-text"
+OM_ACCEPT = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+
+
+def cached(state: ServiceState, clock: Clock | None = None) -> CachedExposition:
+    own = CollectorRegistry(auto_describe=False)
+    own.register(ExporterFamilies(state.snapshot))
+    return CachedExposition(state, own, clock=clock or Clock())
+
+
+def body(exp: CachedExposition, accept: str = TEXT_ACCEPT, gz: bool = False) -> str:
+    _, parts = exp.answer(accept, gz)
+    raw = b"".join(parts)
+    return (gzip.decompress(raw) if gz else raw).decode()
+
+
+def parsed(text: str, openmetrics: bool = False) -> Samples:
+    families = parse_openmetrics(text) if openmetrics else parse_text(text)
+    out: Samples = {}
+    for family in families:
+        for s in family.samples:
+            key = (s.name, tuple(sorted(s.labels.items())))
+            assert key not in out, f"{key} twice"
+            out[key] = s.value
+    return out
+
+
+def reference(state: ServiceState, clock: Clock) -> Samples:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SmtpTlsCollector(state.snapshot, clock=clock))
+    return parsed(generate_latest(registry).decode())
+
+
+def assert_same(got: Samples, want: Samples) -> None:
+    assert sorted(got) == sorted(want)
+    for key, value in want.items():
+        if key[0] == exposition.EXPIRY:  # written at build time from notAfter: rounding only
+            assert math.isclose(got[key], value, rel_tol=0, abs_tol=1e-9), key
+        else:
+            assert got[key] == value or (math.isnan(value) and math.isnan(got[key])), key
+
+
+@pytest.mark.parametrize(("accept", "gz"), [(TEXT_ACCEPT, False), (TEXT_ACCEPT, True)])
+def test_same_series_as_the_collector(accept: str, gz: bool) -> None:
+    state, clock = rich_state(), Clock()
+    exp = cached(state, clock)
+    assert_same(parsed(body(exp, accept, gz)), reference(state, clock))
+
+
+def test_openmetrics_answer_is_valid_and_the_same() -> None:
+    state, clock = rich_state(), Clock()
+    exp = cached(state, clock)
+    content_type, _ = exp.answer(OM_ACCEPT, False)
+    assert content_type.startswith(OPENMETRICS_TYPE)
+    text = body(exp, OM_ACCEPT, gz=True)
+    assert text.endswith("# EOF\n")
+    got = parsed(text, openmetrics=True)
+    # OpenMetrics names a counter's sample with _total, as the text format does.
+    assert_same(got, reference(state, clock))
+
+
+def test_gzip_answer_is_one_valid_member_with_the_right_crc_and_size() -> None:
+    exp = cached(rich_state())
+    _, parts = exp.answer(TEXT_ACCEPT, True)
+    raw = b"".join(parts)
+    plain = b"".join(exp.answer(TEXT_ACCEPT, False)[1])
+    # zlib with wbits 16+15 reads exactly one gzip member and checks its CRC-32 and length.
+    inflater = zlib.decompressobj(16 + 15)
+    assert inflater.decompress(raw) == plain
+    assert inflater.eof and inflater.unused_data == b""
+
+
+def test_expiry_days_follow_the_clock_without_rendering_again() -> None:
+    clock = Clock()
+    state = make_state(starttls_ok())
+    exp = cached(state, clock)
+    key = (exposition.EXPIRY, _key(RELAY))
+    assert parsed(body(exp))[key] == pytest.approx(60.0)
+    renders = exp.renders
+    clock.now = NOW + 10 * DAY
+    exp.rebuild()  # the clock moved; no result did
+    assert parsed(body(exp))[key] == pytest.approx(50.0)
+    assert exp.renders == renders
+
+
+def test_unchanged_results_are_never_rendered_again() -> None:
+    """The regression test of the render path: scrapes with unchanged results render nothing."""
+    state = rich_state()
+    exp = cached(state)
+    first = body(exp)
+    renders = exp.renders
+    assert renders == len(state.targets) + len(state.domains)
+    for _ in range(5):
+        assert body(exp) == first
+        exp.rebuild()
+    assert exp.renders == renders
+
+
+def test_a_new_result_renders_its_target_once_when_recorded() -> None:
+    state = make_state(starttls_ok(), refused(), targets=(RELAY, SUBMISSION, UNPROBED))
+    exp = cached(state)
+    exp.start()
+    try:
+        body(exp)
+        renders = exp.renders
+        state.record(starttls_ok(SUBMISSION), lag=0.0)  # on_record renders it, now
+        assert exp.renders == renders + 1
+        text = body(exp)  # the build reuses it
+        assert exp.renders == renders + 1
+        assert parsed(text)[("smtp_tls_probe_success", _key(SUBMISSION))] == 1.0
+    finally:
+        exp.stop()
+
+
+def test_a_reload_that_keeps_a_target_does_not_render_it_again() -> None:
+    state = make_state(starttls_ok(), refused())
+    exp = cached(state)
+    body(exp)
+    renders = exp.renders
+    # A new config with equal targets (new objects): the same series, nothing rendered.
+    state.set_targets(tuple(dataclasses.replace(t) for t in state.targets))
+    body(exp)
+    assert exp.renders == renders
+
+
+def test_removed_target_and_domain_vanish_and_are_forgotten() -> None:
+    state = make_state(starttls_ok(), refused())
+    add_domains(state, (ENFORCED, enforced()))
+    exp = cached(state)
+    assert ("smtp_tls_probe_success", _key(SUBMISSION)) in parsed(body(exp))
+    state.set_targets((RELAY,))
+    state.set_domains(())
+    text = body(exp)
+    assert ("smtp_tls_probe_success", _key(SUBMISSION)) not in parsed(text)
+    assert "smtp_tls_mta_sts_mode" not in text
+    assert_same(parsed(text), reference(state, Clock()))
+    assert exp.renders == 3  # nothing rendered again for the removal
+
+
+def test_new_checks_and_domain_results_are_shown() -> None:
+    state = make_state(starttls_ok())
+    exp = cached(state)
+    body(exp)
+    add_domains(state, (ENFORCED, enforced()))
+    assert_same(parsed(body(exp)), reference(state, Clock()))
+
+
+def test_a_costly_build_is_served_while_a_background_build_catches_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Above SYNC_BUDGET a scrape never builds: it serves the latest build, and the builder
+    thread brings it up to date."""
+    monkeypatch.setattr(exposition, "SYNC_BUDGET", 0.0)
+    monkeypatch.setattr(exposition, "MIN_REFRESH", 0.01)
+    state = make_state(refused())
+    exp = cached(state)
+    key = ("smtp_tls_probe_success", _key(SUBMISSION))
+    assert parsed(body(exp))[key] == 0.0  # the first build: at the scrape
+    built = threading.Event()
+    rebuild = exp.rebuild
+
+    def counting() -> exposition.Build:
+        try:
+            return rebuild()
+        finally:
+            built.set()
+
+    monkeypatch.setattr(exp, "rebuild", counting)
+    state.record(starttls_ok(SUBMISSION), lag=0.0)
+    assert parsed(body(exp))[key] == 0.0  # served from the previous build
+    exp.start()
+    try:
+        assert built.wait(10), "the background builder did not run"
+        assert parsed(body(exp))[key] == 1.0
+    finally:
+        exp.stop()
+
+
+def _key(target: Target) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(labels(target).items()))

@@ -95,17 +95,37 @@ class _Fixed(Collector):
 _HEADERS = _headers()
 
 
+_COMMON = {0.0: "0.0", 1.0: "1.0"}
+
+
 def _value(value: float) -> str:
-    return floatToGoString(value)  # type: ignore[no-any-return,no-untyped-call]
+    """A sample value as prometheus_client writes it (1.0, 0.25, 1.76e+09, +Inf, NaN)."""
+    text = _COMMON.get(value)
+    return text if text is not None else floatToGoString(value)  # type: ignore[no-untyped-call]
 
 
 def _escape(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
+# 'name="value"' of label pairs seen: the same few recur in every target's lines. Bounded: label
+# values come from the config and the certificates seen; cleared should they ever pile up.
+_PAIRS: dict[tuple[str, str], str] = {}
+_PAIRS_MAX = 200_000
+
+
 def _head(sample: Sample) -> str:
-    labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sample.labels.items())
-    return f"{sample.name}{{{labels}}} "
+    """'name{labels} ', the sample's line up to its value."""
+    pairs = _PAIRS
+    out = []
+    for pair in sample.labels.items():
+        text = pairs.get(pair)
+        if text is None:
+            if len(pairs) >= _PAIRS_MAX:
+                pairs.clear()
+            text = pairs[pair] = f'{pair[0]}="{_escape(pair[1])}"'
+        out.append(text)
+    return f"{sample.name}{{{','.join(out)}}} "
 
 
 class _Sink:
@@ -131,12 +151,14 @@ def render(fill: Callable[[Mapping[str, _Sink]], None], identity: tuple[object, 
     lines: list[bytes] = []
     expiry: tuple[tuple[bytes, float], ...] = ()
     for name, sink in sinks.items():
-        if name == EXPIRY:
-            expiry = tuple((_head(s).encode(), s.value) for s in sink.samples)
+        samples = sink.samples
+        if not samples:
+            lines.append(b"")
+        elif name == EXPIRY:
+            expiry = tuple((_head(s).encode(), s.value) for s in samples)
             lines.append(b"")
         else:
-            text = "".join(f"{_head(s)}{_value(s.value)}\n" for s in sink.samples)
-            lines.append(text.encode())
+            lines.append("".join([f"{_head(s)}{_value(s.value)}\n" for s in samples]).encode())
     return Block(identity, tuple(lines), expiry)
 
 

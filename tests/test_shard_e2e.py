@@ -136,6 +136,12 @@ def test_replicas_split_the_config_as_prometheus_hashmod_does(tmp_path: Path) ->
         replicas(tmp_path, port) as exporters,
         prometheus(tmp_path, exporters) as prom,
     ):
+        for i, exp in enumerate(exporters):  # each says at start which part it probes
+            mine = sum(hashmod(name, SHARDS) == i for name in NAMES)
+            line = exp.wait_line(lambda s: "msg=started" in s, 5, "the 'started' line")
+            assert f" targets={mine} domains=0 shard={i}/{SHARDS} " in line, line
+            assert line.endswith(f" config_targets={len(NAMES)} config_domains=0"), line
+
         # Prometheus' own hashmod of every name, for every modulus
         found = wait_for(
             lambda: [t for t in active_targets(prom) if t["labels"]["job"] == "hashmod"],

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import __version__
 from exporter.checks.model import CheckName
-from exporter.config import RESERVED_LABELS
+from exporter.config import RESERVED_LABELS, parse_config
 from exporter.domains.config import DomainConfig
 from exporter.domains.model import (
     CheckFailure,
@@ -49,7 +49,9 @@ from exporter.model import (
 from exporter.service.collector import SmtpTlsCollector
 from exporter.service.manners import Manners
 from exporter.service.service_metrics import ServiceCollector
+from exporter.service.shard_metrics import ShardCollector
 from exporter.service.state import ServiceState, Snapshot
+from exporter.shard import Shard
 from exporter.web.config import WebConfig
 from exporter.web.guard import WebGuard
 from tests import check_results, dane_results
@@ -593,6 +595,7 @@ def rich_registry() -> CollectorRegistry:
     """The collector over rich_state(), and the exporter's reliability metrics."""
     registry = registry_for(rich_state())
     registry.register(rich_service_collector())
+    registry.register(ShardCollector(Shard(1, 3), lambda: parse_config("targets: [a:25, b:25]")))
     return registry
 
 

@@ -251,10 +251,14 @@ def exporter_families(snap: Snapshot) -> Iterator[Metric]:
         probes.add_metric([result], snap.probes_total.get(result, 0))
     yield probes
     yield GaugeMetricFamily(
-        "smtp_tls_exporter_targets", "Targets in the config.", value=len(snap.targets)
+        "smtp_tls_exporter_targets",
+        "Targets this exporter probes: those in the config, or its shard's (--shard.count).",
+        value=len(snap.targets),
     )
     yield GaugeMetricFamily(
-        "smtp_tls_exporter_domains", "Mail domains in the config.", value=len(snap.domains)
+        "smtp_tls_exporter_domains",
+        "Mail domains this exporter checks: those in the config, or its shard's.",
+        value=len(snap.domains),
     )
     yield GaugeMetricFamily(
         "smtp_tls_exporter_scheduler_lag_seconds",

@@ -44,7 +44,9 @@ from exporter.service.on_demand import choose_target, on_demand_registry
 from exporter.service.resolvers import domain_dns, endpoint_resolver
 from exporter.service.scheduler import ProbeFn, Scheduler, log_result
 from exporter.service.service_metrics import ServiceCollector
+from exporter.service.shard_metrics import ShardCollector
 from exporter.service.state import ServiceState, Snapshot
+from exporter.shard import Shard
 from exporter.web.config import WebConfigError, describe_web_config, load_web_config
 from exporter.web.guard import WebGuard
 
@@ -101,6 +103,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="web config in the exporter-toolkit format: TLS, basic auth, response headers, "
         "rate limit (docs/security.md); re-read when it changes",
     )
+    p.add_argument(
+        "--shard.count",
+        dest="shard_count",
+        type=int,
+        default=1,
+        metavar="N",
+        help="split the targets and mail domains over N exporters; this one probes those of "
+        "--shard.index (docs/sharding.md; default: %(default)s)",
+    )
+    p.add_argument(
+        "--shard.index",
+        dest="shard_index",
+        type=int,
+        default=None,
+        metavar="I",
+        help="this exporter's shard, 0 to N-1: the names whose Prometheus hashmod by N is I "
+        "(required with --shard.count above 1)",
+    )
     p.add_argument("--log.level", dest="log_level", choices=list(LEVELS), default="info")
     p.add_argument("--log.format", dest="log_format", choices=list(FORMATS), default="logfmt")
     p.add_argument("--version", action="version", version=f"smtp-tls-exporter {__version__}")
@@ -122,8 +142,12 @@ def parse_listen_address(text: str) -> tuple[str, int]:
 def serve_command(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        shard = Shard.from_flags(args.shard_index, args.shard_count)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.config_check:
-        return check_config(args.config_file, args.web_config_file)
+        return check_config(args.config_file, args.web_config_file, shard)
     try:
         host, port = parse_listen_address(args.listen_address)
     except ValueError as exc:
@@ -141,10 +165,10 @@ def serve_command(argv: list[str]) -> int:
         except WebConfigError as exc:
             _print_problems(args.web_config_file, exc, what="web config")
             return 1
-    return asyncio.run(_serve(config, args.config_file, host, port, web))
+    return asyncio.run(_serve(config, args.config_file, host, port, web, shard))
 
 
-def check_config(path: str, web_path: str | None = None) -> int:
+def check_config(path: str, web_path: str | None = None, shard: Shard | None = None) -> int:
     """--config.check: the config file, and the web config file when one is given."""
     status = 0
     try:
@@ -153,7 +177,8 @@ def check_config(path: str, web_path: str | None = None) -> int:
         _print_problems(path, exc)
         status = 1
     else:
-        print(f"{path}: OK ({_counts(config)})")
+        mine = f"; shard {shard}: {_counts(shard.part(config))}" if shard and shard.sharded else ""
+        print(f"{path}: OK ({_counts(config)}{mine})")
     if web_path is not None:
         try:
             web = load_web_config(web_path)
@@ -178,7 +203,12 @@ def _print_problems(path: str, exc: ConfigError | WebConfigError, what: str = "c
 
 
 async def _serve(
-    config: Config, config_path: str, host: str, port: int, web: WebGuard | None = None
+    config: Config,
+    config_path: str,
+    host: str,
+    port: int,
+    web: WebGuard | None = None,
+    shard: Shard | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -195,7 +225,7 @@ async def _serve(
         log.info("%s: shutting down", signame)
         stop.set()
 
-    service = Service(config, config_path)
+    service = Service(config, config_path, shard=shard)
     if web is not None:
         service.attach_web(web)
     try:
@@ -249,9 +279,14 @@ class Service:
         config_path: str,
         probe_fn: ProbeFn | None = None,
         make_checker: CheckerFactory | None = None,
+        shard: Shard | None = None,
     ) -> None:
-        """`probe_fn` and `make_checker` replace the real probe and domain checker in tests."""
+        """`probe_fn` and `make_checker` replace the real probe and domain checker in tests.
+
+        `config` is the whole config (`/probe` may probe any of its targets); the scheduler
+        and the domain checks get `shard`'s part of it."""
         self.config = config
+        self.shard = shard or Shard()
         self.config_path = config_path
         self.state = ServiceState()
         # `dns:` applies to every lookup: the probes of targets and MX hosts resolve through it.
@@ -274,6 +309,7 @@ class Service:
         own.register(ExporterFamilies(self.state.snapshot))
         self._own_metrics = ServiceCollector(self.manners, self._count_tasks)
         own.register(self._own_metrics)
+        own.register(ShardCollector(self.shard, lambda: self.config))
         self._exposition = CachedExposition(self.state, own)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = False
@@ -287,8 +323,9 @@ class Service:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._exposition.start()
-        await self._scheduler.update(self.config.targets, self.config.concurrency)
-        await self._domains.update(self.config.domains, self.config.dns)
+        owned = self.shard.part(self.config)
+        await self._scheduler.update(owned.targets, self.config.concurrency)
+        await self._domains.update(owned.domains, self.config.dns)
         self.state.reload_success = True
         self.state.reload_success_timestamp = time.time()
         self._ready = True
@@ -296,8 +333,7 @@ class Service:
             "started",
             extra={
                 "config": self.config_path,
-                "targets": len(self.config.targets),
-                "domains": len(self.config.domains),
+                **_shard_fields(self.shard, self.config, owned),
             },
         )
 
@@ -355,8 +391,9 @@ class Service:
                 self._dane.config = config.dane
                 changes["dane"] = {"changed"}
             self.manners.set_host_concurrency(config.host_concurrency)
-            await self._scheduler.update(config.targets, config.concurrency)
-            await self._domains.update(config.domains, config.dns)
+            owned = self.shard.part(config)
+            await self._scheduler.update(owned.targets, config.concurrency)
+            await self._domains.update(owned.domains, config.dns)
             self.config = config
             self.state.reload_success = True
             self.state.reload_success_timestamp = time.time()
@@ -364,8 +401,7 @@ class Service:
                 "config reloaded",
                 extra={
                     "config": self.config_path,
-                    "targets": len(config.targets),
-                    "domains": len(config.domains),
+                    **_shard_fields(self.shard, config, owned),
                     **{k: ",".join(sorted(v)) for k, v in changes.items() if v},
                 },
             )
@@ -501,6 +537,17 @@ class Service:
             return result
         finally:
             self._on_demand_tasks.discard(task)
+
+
+def _shard_fields(shard: Shard, config: Config, owned: Config) -> dict[str, object]:
+    """For the log: the targets and domains probed and, when sharded, the shard and the
+    whole config's counts."""
+    fields: dict[str, object] = {"targets": len(owned.targets), "domains": len(owned.domains)}
+    if shard.sharded:
+        fields["shard"] = str(shard)
+        fields["config_targets"] = len(config.targets)
+        fields["config_domains"] = len(config.domains)
+    return fields
 
 
 def _changes(

@@ -50,8 +50,9 @@ def cached(state: ServiceState, clock: Clock | None = None) -> CachedExposition:
 
 
 def body(exp: CachedExposition, accept: str = TEXT_ACCEPT, gz: bool = False) -> str:
-    _, parts = exp.answer(accept, gz)
-    raw = b"".join(parts)
+    answer = exp.answer(accept, gz)
+    raw = b"".join(answer.parts)
+    assert len(raw) == answer.length
     return (gzip.decompress(raw) if gz else raw).decode()
 
 
@@ -91,7 +92,7 @@ def test_same_series_as_the_collector(accept: str, gz: bool) -> None:
 def test_openmetrics_answer_is_valid_and_the_same() -> None:
     state, clock = rich_state(), Clock()
     exp = cached(state, clock)
-    content_type, _ = exp.answer(OM_ACCEPT, False)
+    content_type = exp.answer(OM_ACCEPT, False).content_type
     assert content_type.startswith(OPENMETRICS_TYPE)
     text = body(exp, OM_ACCEPT, gz=True)
     assert text.endswith("# EOF\n")
@@ -102,9 +103,8 @@ def test_openmetrics_answer_is_valid_and_the_same() -> None:
 
 def test_gzip_answer_is_one_valid_member_with_the_right_crc_and_size() -> None:
     exp = cached(rich_state())
-    _, parts = exp.answer(TEXT_ACCEPT, True)
-    raw = b"".join(parts)
-    plain = b"".join(exp.answer(TEXT_ACCEPT, False)[1])
+    raw = b"".join(exp.answer(TEXT_ACCEPT, True).parts)
+    plain = b"".join(exp.answer(TEXT_ACCEPT, False).parts)
     # zlib with wbits 16+15 reads exactly one gzip member and checks its CRC-32 and length.
     inflater = zlib.decompressobj(16 + 15)
     assert inflater.decompress(raw) == plain
@@ -219,3 +219,23 @@ def test_a_costly_build_is_served_while_a_background_build_catches_up(
 
 def _key(target: Target) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(labels(target).items()))
+
+
+def test_a_plain_answer_is_inflated_a_piece_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    exp = cached(rich_state())
+    whole = body(exp)
+    monkeypatch.setattr(exposition, "PLAIN_PIECE", 1000)
+    answer = exp.answer(TEXT_ACCEPT, False)
+    parts = list(answer.parts)
+    assert len(parts) > 5 and max(len(p) for p in parts[:-1]) <= 1000
+    assert b"".join(parts).decode() == whole and answer.length == len(whole.encode())
+
+
+@pytest.mark.parametrize("group", [1, 5, 1000])
+def test_the_body_does_not_depend_on_how_families_are_grouped_in_builds(
+    monkeypatch: pytest.MonkeyPatch, group: int
+) -> None:
+    state = rich_state()
+    want = body(cached(state))
+    monkeypatch.setattr(exposition, "GROUP", group)
+    assert body(cached(state)) == want

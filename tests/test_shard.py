@@ -199,7 +199,7 @@ def never_checks(domain: DomainConfig, dns: DnsConfig) -> CannedChecker:
 
 def sample(service: Service, name: str) -> float | None:
     """The value of the unlabelled sample `name` in the service's /metrics answer."""
-    _, parts = service.metrics("", False)
+    parts = service.metrics("", False).parts
     for family in text_string_to_metric_families(b"".join(parts).decode()):
         for s in family.samples:
             if s.name == name and not s.labels:

@@ -29,7 +29,7 @@ import math
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -43,6 +43,7 @@ from exporter import __version__
 from exporter.domains.report import render_text as render_domain
 from exporter.model import ProbeResult, join_host_port
 from exporter.report import render_text
+from exporter.service.exposition import Answer
 from exporter.service.landing import landing_page
 from exporter.service.state import Snapshot
 from exporter.web.guard import Active, WebGuard
@@ -81,9 +82,8 @@ class ProbeAnswer:
 class Backend(Protocol):
     """What the HTTP layer needs from the running service. Every method is called off the loop."""
 
-    def metrics(self, accept: str, gzip: bool) -> tuple[str, list[bytes]]:
-        """The content type and body parts of a /metrics answer for this Accept header,
-        gzip-encoded if `gzip`."""
+    def metrics(self, accept: str, gzip: bool) -> Answer:
+        """A /metrics answer for this Accept header, gzip-encoded if `gzip`."""
         ...
 
     def snapshot(self) -> Snapshot: ...
@@ -276,11 +276,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def metrics(self, query: dict[str, list[str]]) -> None:
         gzip = gzip_accepted(self.headers.get("Accept-Encoding", ""))
-        content_type, parts = self.server.backend.metrics(self.headers.get("Accept", ""), gzip)
+        answer = self.server.backend.metrics(self.headers.get("Accept", ""), gzip)
         headers = {"Vary": "Accept, Accept-Encoding"}
         if gzip:
             headers["Content-Encoding"] = "gzip"
-        self.send_body(HTTPStatus.OK, content_type, parts, headers)
+        self.send_parts(HTTPStatus.OK, answer.content_type, answer.length, answer.parts, headers)
 
     def landing(self, query: dict[str, list[str]]) -> None:
         self.send_body(HTTPStatus.OK, HTML, landing_page(self.server.backend.snapshot()).encode())
@@ -391,14 +391,23 @@ class _Handler(BaseHTTPRequestHandler):
         self,
         status: HTTPStatus,
         content_type: str,
-        body: bytes | list[bytes],
+        body: bytes,
         headers: dict[str, str] | None = None,
     ) -> None:
-        """Send an answer; a body given in parts is written part by part, never joined."""
-        parts = body if isinstance(body, list) else [body]
+        self.send_parts(status, content_type, len(body), (body,), headers)
+
+    def send_parts(
+        self,
+        status: HTTPStatus,
+        content_type: str,
+        length: int,
+        parts: Iterable[bytes],
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Send an answer of `length` bytes written part by part, never joined."""
         self.send_response(status)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(sum(len(p) for p in parts)))
+        self.send_header("Content-Length", str(length))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         for key, value in self._extra_headers:

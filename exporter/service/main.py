@@ -36,7 +36,7 @@ from exporter.probe import probe
 from exporter.service.check_scheduler import CheckScheduler
 from exporter.service.dane_runner import DaneRunner
 from exporter.service.domain_scheduler import CheckerFactory, DomainScheduler
-from exporter.service.exposition import CachedExposition, ExporterFamilies
+from exporter.service.exposition import Answer, CachedExposition, ExporterFamilies
 from exporter.service.http import HttpServer, ProbeAnswer, ProbeRefused
 from exporter.service.logs import FORMATS, LEVELS, setup_logging
 from exporter.service.manners import Manners
@@ -409,7 +409,7 @@ class Service:
 
     # -- the HTTP layer's backend, called from its threads ----------------------------------
 
-    def metrics(self, accept: str, gzip: bool) -> tuple[str, list[bytes]]:
+    def metrics(self, accept: str, gzip: bool) -> Answer:
         return self._exposition.answer(accept, gzip)
 
     def snapshot(self) -> Snapshot:

@@ -29,6 +29,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -50,6 +51,10 @@ ProbeKey = tuple[str, str, int]  # (name, host, port): a probe's identity across
 Endpoint = tuple[str, int]  # (host, port)
 
 
+def _nothing() -> None:
+    pass
+
+
 def host_key(host: str) -> str:
     return host.strip("[]").rstrip(".").lower()
 
@@ -65,6 +70,44 @@ def endpoint(target: Target) -> Endpoint:
 def _same_definition(probed: Target | None, asked: Target) -> bool:
     """The same target, the timeout aside: /probe shortens it to fit the scrape."""
     return probed is not None and dataclasses.replace(probed, timeout=asked.timeout) == asked
+
+
+class _HostSlots:
+    """One host's connection slots: a FIFO semaphore whose slot can also be taken without
+    waiting (`try_take`), which the scheduler needs to start a probe only when it can run."""
+
+    __slots__ = ("_waiters", "free", "users")
+
+    def __init__(self, limit: int) -> None:
+        self.free = limit
+        self.users = 0  # holders and waiters: the host's entry goes when none is left
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def try_take(self) -> bool:
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        if self.try_take():
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # handed a slot, then cancelled
+                self.give()
+            raise
+
+    def give(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():  # a cancelled waiter stays queued until here
+                waiter.set_result(None)
+                return
+        self.free += 1
 
 
 @dataclass
@@ -116,7 +159,7 @@ class Manners:
         self._limit = host_concurrency
         self._clock = clock
         self._lock = threading.Lock()
-        self._hosts: dict[tuple[str, int], tuple[asyncio.Semaphore, int]] = {}
+        self._hosts: dict[tuple[str, int], _HostSlots] = {}
         self._last: dict[ProbeKey, _Last] = {}
         self._backoff: dict[Endpoint, _Backoff] = {}
         self._calls = 0
@@ -134,22 +177,47 @@ class Manners:
     @contextlib.asynccontextmanager
     async def host_slot(self, target: Target) -> AsyncIterator[None]:
         """Hold one of the host's connection slots for the length of the block."""
-        limit = self._limit
-        if limit is None:
+        if self._limit is None:
             yield
             return
-        key = (host_key(target.host), limit)  # a changed limit gets fresh semaphores
-        sem, users = self._hosts.get(key) or (asyncio.Semaphore(limit), 0)
-        self._hosts[key] = (sem, users + 1)
+        key, slots = self._host_slots(target)
         try:
-            async with sem:
-                yield
+            await slots.take()
+        except BaseException:
+            self._leave(key, slots, held=False)
+            raise
+        try:
+            yield
         finally:
-            sem, users = self._hosts[key]
-            if users <= 1:
-                del self._hosts[key]
-            else:
-                self._hosts[key] = (sem, users - 1)
+            self._leave(key, slots, held=True)
+
+    def try_host_slot(self, target: Target) -> Callable[[], None] | None:
+        """Take one of the host's connection slots now if one is free and nobody waits for
+        one: the function that gives it back (call it once), else None."""
+        if self._limit is None:
+            return _nothing
+        key, slots = self._host_slots(target)
+        if not slots.try_take():
+            self._leave(key, slots, held=False)
+            return None
+        return lambda: self._leave(key, slots, held=True)
+
+    def _host_slots(self, target: Target) -> tuple[tuple[str, int], _HostSlots]:
+        limit = self._limit
+        assert limit is not None
+        key = (host_key(target.host), limit)  # a changed limit gets fresh slots
+        slots = self._hosts.get(key)
+        if slots is None:
+            slots = self._hosts[key] = _HostSlots(limit)
+        slots.users += 1
+        return key, slots
+
+    def _leave(self, key: tuple[str, int], slots: _HostSlots, *, held: bool) -> None:
+        if held:
+            slots.give()
+        slots.users -= 1
+        if slots.users <= 0 and self._hosts.get(key) is slots:
+            del self._hosts[key]
 
     # -- spacing ----------------------------------------------------------------------------
 

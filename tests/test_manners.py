@@ -156,6 +156,40 @@ async def test_at_most_host_concurrency_probes_per_host() -> None:
         await scheduler.stop()
 
 
+async def test_a_host_slot_taken_without_waiting_counts_with_the_others() -> None:
+    m = Manners(2)
+    a, b, c = (on("MX.test.", f"n{i}") for i in range(3))  # one host, as written differently
+    first = m.try_host_slot(a)
+    second = m.try_host_slot(b)
+    assert first is not None and second is not None
+    assert m.try_host_slot(c) is None  # both slots taken
+    assert m.try_host_slot(on("other.test", "o")) is not None
+    entered, asking = asyncio.Event(), asyncio.Event()
+
+    async def waiter() -> None:
+        asking.set()  # the task runs on, without a pause, until it waits for the host
+        async with m.host_slot(c):
+            entered.set()
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(waiter())
+    try:
+        await until(asking.is_set, "the waiter, queued for the host")
+        assert not entered.is_set()
+        first()
+        # The freed slot goes to the one waiting, not to a later taker that does not wait.
+        assert m.try_host_slot(a) is None
+        await until(entered.is_set, "the waiter's slot")
+        second()
+        again = m.try_host_slot(a)
+        assert again is not None
+        again()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert m.try_host_slot(a) is not None and m.try_host_slot(b) is not None
+
+
 async def test_a_pushed_away_target_backs_off_and_the_others_keep_their_interval() -> None:
     state = ServiceState()
     interval = 0.1

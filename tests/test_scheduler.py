@@ -13,7 +13,8 @@ from collections.abc import Callable
 import pytest
 
 from exporter.model import Failure, ProbeResult, Reason, Stage, Target
-from exporter.service.scheduler import Scheduler, next_slot, phase
+from exporter.service.manners import Manners
+from exporter.service.scheduler import TICK, Scheduler, next_slot, on_tick, phase
 from exporter.service.state import ServiceState
 
 DEADLINE = 5.0
@@ -102,6 +103,22 @@ def test_next_slot(
     epoch: float, interval: float, frac: float, previous: float, now: float, expected: float
 ) -> None:
     assert next_slot(epoch, interval, frac, previous, now) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("when", "interval", "expected"),
+    [
+        (10.1, 60.0, 10.25),  # the next multiple of TICK
+        (10.25, 60.0, 10.25),  # on a tick already
+        (10.0001, 1.0, 10.01),  # short intervals: a hundredth of the interval
+        (7.0, 3600.0, 7.0),
+    ],
+)
+def test_later_probes_start_on_the_shared_tick(
+    when: float, interval: float, expected: float
+) -> None:
+    assert TICK == 0.25
+    assert on_tick(when, interval) == pytest.approx(expected)
 
 
 def test_phase_is_stable_and_spreads_targets() -> None:
@@ -306,6 +323,9 @@ async def test_stop_cancels_probes_and_ends_the_schedule(state: ServiceState) ->
     # Tasks are gone: nothing is left on the loop that could start another probe.
     others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     assert others == []
+    # Nor a timer: for five more of its intervals, the ticking target is not probed again.
+    # (A wait that can only make this test pass wrongly, never fail wrongly.)
+    await asyncio.sleep(0.1)
     assert len(fake.starts["ticking"]) == count
     with pytest.raises(RuntimeError):
         await scheduler.update([target("late")])
@@ -332,3 +352,101 @@ async def test_a_failed_probe_logs_one_warning_with_stage_and_reason(
     assert vars(record)["reason"] == "connection_refused"
     assert vars(record)["detail"] == "scripted refusal"
     assert state.snapshot().probes_total == {"success": 1, "failure": 1}
+
+
+def probe_tasks() -> list[asyncio.Task[object]]:
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("probe ")]
+
+
+async def test_targets_waiting_for_a_slot_hold_no_task(state: ServiceState) -> None:
+    fake = FakeProbe()
+    names = [f"t{i}" for i in range(50)]
+    for name in names:
+        fake.gates[name] = asyncio.Event()
+    scheduler = Scheduler(state, concurrency=3, probe_fn=fake)
+    try:
+        await scheduler.update([target(n) for n in names])
+        await until(lambda: fake.total_in_flight() == 3, "three probes in flight")
+        # 47 targets are due and waiting: no task (nor coroutine) each, only the three probes.
+        assert len(probe_tasks()) == 3
+        # First come, first served: in the order the targets were given.
+        assert sorted(fake.starts) == ["t0", "t1", "t2"]
+        fake.gates["t1"].set()
+        await until(lambda: "t3" in fake.starts, "the next target in the freed slot")
+        assert len(probe_tasks()) == 3
+        for name in names:
+            fake.gates[name].set()
+        await until(lambda: len(state.snapshot().results) == 50, "every result")
+    finally:
+        await scheduler.stop()
+    assert fake.max_in_flight == 3
+    assert probe_tasks() == []
+
+
+async def test_a_target_waiting_for_its_host_holds_no_concurrency_slot(
+    state: ServiceState,
+) -> None:
+    def on(host: str, name: str) -> Target:
+        return Target.create(host, 2525, name=name, interval=3600.0, timeout=5.0)
+
+    fake = FakeProbe()
+    busy = [on("busy.test", f"b{i}") for i in range(5)]
+    for t in busy:
+        fake.gates[t.name] = asyncio.Event()
+    others = [on(f"other{i}.test", f"o{i}") for i in range(2)]
+    for t in others:
+        fake.gates[t.name] = asyncio.Event()
+    manners = Manners(2)
+    # Three slots: two for busy.test (its limit), and the three targets waiting for busy.test
+    # must leave the third to the other hosts, listed after them.
+    scheduler = Scheduler(state, concurrency=3, probe_fn=fake, manners=manners)
+    try:
+        await scheduler.update([*busy, *others])
+        await until(lambda: fake.total_in_flight() == 3, "three probes in flight")
+        assert fake.in_flight["o0"] == 1
+        assert sum(fake.in_flight[t.name] for t in busy) == 2
+        # o1 waits for a global slot, as it should: the limit holds.
+        assert "o1" not in fake.starts
+        fake.gates["o0"].set()
+        await until(lambda: fake.in_flight["o1"] == 1, "o1 in the slot o0 gave back")
+        for t in [*busy, *others]:
+            fake.gates[t.name].set()
+        await until(lambda: len(state.snapshot().results) == 7, "every result")
+    finally:
+        await scheduler.stop()
+    assert fake.max_in_flight == 3
+    assert manners.host_concurrency == 2
+
+
+class CancelAtStart(Manners):
+    """Cancels every probe task just after the scheduler takes a host slot for it, before the
+    task's first step (as a stop or a reload at that very moment would)."""
+
+    def try_host_slot(self, t: Target) -> Callable[[], None] | None:
+        release = super().try_host_slot(t)
+        if t.name == "first" and not self.cancelled:
+            self.cancelled = True
+
+            def cancel() -> None:
+                for task in probe_tasks():
+                    task.cancel()
+
+            asyncio.get_running_loop().call_soon(cancel)  # runs before the task's first step
+        return release
+
+    cancelled = False
+
+
+async def test_a_probe_cancelled_before_it_ran_gives_its_slots_back(state: ServiceState) -> None:
+    fake = FakeProbe()
+    manners = CancelAtStart(1)
+    scheduler = Scheduler(state, concurrency=1, probe_fn=fake, manners=manners)
+    first, second = target("first"), target("second")  # one host, one slot for it
+    try:
+        await scheduler.update([first, second])
+        # With one global and one host slot, "second" runs only if "first" gave both back.
+        await until(lambda: "second" in state.snapshot().results, "the second target's result")
+        assert manners.cancelled
+        assert "first" not in fake.starts
+    finally:
+        await scheduler.stop()

@@ -37,6 +37,7 @@ from exporter.service.check_scheduler import CheckScheduler
 from exporter.service.dane_runner import DaneRunner
 from exporter.service.domain_scheduler import CheckerFactory, DomainScheduler
 from exporter.service.exposition import Answer, CachedExposition, ExporterFamilies
+from exporter.service.gc_tuning import tune as tune_gc
 from exporter.service.http import HttpServer, ProbeAnswer, ProbeRefused
 from exporter.service.logs import FORMATS, LEVELS, setup_logging
 from exporter.service.manners import Manners
@@ -165,6 +166,7 @@ def serve_command(argv: list[str]) -> int:
         except WebConfigError as exc:
             _print_problems(args.web_config_file, exc, what="web config")
             return 1
+    tune_gc()  # start-up is done: freeze what it built (gc_tuning.py)
     return asyncio.run(_serve(config, args.config_file, host, port, web, shard))
 
 

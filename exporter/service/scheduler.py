@@ -36,11 +36,11 @@ probes running or already waiting keep the old one.
 
 Every probe also goes through the service's `Manners` (manners.py): a slot of its host (taken
 before the global one, so probes waiting for a busy host hold no global slot: a target whose turn
-comes while its host is busy gives its global slot on and waits for the host in a task of its
-own), and a record of its start and result. A target's first probe waits until one interval
-after the previous probe of the same name, host and port (so a reload that changes a target's
-timeout or labels does not probe it early; that probe's result is shown meanwhile), and a server
-that pushed the prober away holds its next slot back (back-off).
+comes while its host is busy gives its global slot on, waits for the host in a task of its own,
+then takes the next global slot), and a record of its start and result. A target's first probe
+waits until one interval after the previous probe of the same name, host and port (so a reload
+that changes a target's timeout or labels does not probe it early; that probe's result is shown
+meanwhile), and a server that pushed the prober away holds its next slot back (back-off).
 """
 
 from __future__ import annotations
@@ -135,12 +135,16 @@ class _Pool:
         self._queue.append(entry)
         self._hand_out()
 
-    async def acquire(self) -> None:
+    async def acquire(self, *, first: bool = False) -> None:
+        """Wait for a slot: at the end of the queue, or at its head with `first`."""
         if self.free > 0 and not self._queue:
             self.free -= 1
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append(waiter)
+        if first:
+            self._queue.appendleft(waiter)
+        else:
+            self._queue.append(waiter)
         try:
             await waiter
         except asyncio.CancelledError:
@@ -359,7 +363,8 @@ class Scheduler:
     async def _probe_after_host(self, entry: _Entry) -> None:
         async with self._manners.host_slot(entry.target):
             pool = self._pool
-            await pool.acquire()
+            # Its turn came while its host was busy: it takes the next global slot.
+            await pool.acquire(first=True)
             try:
                 lag = max(0.0, self._clock() - entry.slot)
                 result = await self._guarded_probe(entry.target)

@@ -522,6 +522,11 @@ INVALID = [
         id="yaml-duplicate-key",
     ),
     pytest.param(
+        'targets: [{host: localhost, port: 25, ca_file: "a\\0b"}]\n',
+        ["targets[0].ca_file: CA file 'a\\x00b': embedded null byte"],
+        id="ca-file-with-a-nul",
+    ),
+    pytest.param(
         "targets: []\n---\ntargets: []\n",
         ["line 2, column 1: but found another document (expected a single document in the stream)"],
         id="yaml-two-documents",

@@ -55,6 +55,8 @@ def load_trust_store(ca_file: str | None) -> TrustStore:
             st = os.stat(ca_file)
         except OSError as exc:
             raise TrustStoreError(f"CA file {ca_file}: {exc.strerror}") from exc
+        except ValueError as exc:  # a NUL in the path
+            raise TrustStoreError(f"CA file {ca_file!r}: {exc}") from exc
         # A device or a pipe (/dev/zero, a FIFO) would be read for ever: refused, as is a file
         # far larger than any CA bundle.
         if not stat.S_ISREG(st.st_mode):

@@ -5,8 +5,9 @@
                               [--rate R | --concurrency C] [--seconds S] [--profile FILE]
 
 `--rate R` starts R probes per second in groups every `--tick` seconds (0.25: the scheduler's
-shared tick; 0: each probe at its own moment, evenly spread); without it, C probes run at once back to back (saturated). Prints the process's CPU
-(user + system, every thread) per completed probe. Loopback only: the server listens on
+shared tick; 0: each probe at its own moment, evenly spread); without it, C probes run at once
+back to back (saturated). Prints the process's CPU (user + system, every thread) per completed
+probe. Loopback only: the server listens on
 127.B.x.y (`--subnet`, default 81). `--profile FILE` writes a cProfile of the measured window.
 """
 
@@ -32,6 +33,7 @@ from exporter.model import Mode, ProbeResult, Target  # noqa: E402
 from exporter.probe import probe  # noqa: E402
 from exporter.service.scheduler import log_result  # noqa: E402
 from tests.fixtures.certs import SERVER_NAME  # noqa: E402
+
 
 def _cpu() -> float:
     t = os.times()

@@ -646,7 +646,8 @@ async def _bench(
         if bb_path is None:
             if "blackbox" in parts and not args.no_blackbox:
                 _say(
-                    "blackbox_exporter: not installed (apt-get install prometheus-blackbox-exporter)"
+                    "blackbox_exporter: not installed "
+                    "(apt-get install prometheus-blackbox-exporter)"
                 )
         else:
             version = blackbox.version(bb_path)

@@ -22,6 +22,7 @@ from typing import TypeVar
 
 from exporter.addresses import probe_each_address
 from exporter.model import (
+    EMPTY_TRANSCRIPT,
     CertFacts,
     Failure,
     Mode,
@@ -32,6 +33,7 @@ from exporter.model import (
     Stage,
     Target,
     TlsFacts,
+    Transcript,
     Verification,
     VerifyPolicy,
     VerifyReason,
@@ -365,7 +367,7 @@ class _Run:
             chain=self.chain,
             chain_der=self.chain_der,
             verification=self.verification,
-            transcript=tuple(self.conn.transcript) if self.conn else (),
+            transcript=Transcript.of_rows(self.conn.transcript) if self.conn else EMPTY_TRANSCRIPT,
         )
 
 

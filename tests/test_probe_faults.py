@@ -108,6 +108,51 @@ async def test_dripping_server_times_out() -> None:
     assert result.failure is not None and "bytes received" in result.failure.detail
 
 
+async def test_replies_in_pieces_are_read_whole(server_tls: ssl.SSLContext, ca_file: str) -> None:
+    # Every reply (and, inside TLS, every record) arrives in small pieces: the connection parses
+    # what it has on each arrival and hands the probe whole replies only.
+    class Dribble:
+        def __init__(self, w: asyncio.StreamWriter) -> None:
+            self.w = w
+
+        def write(self, data: bytes) -> None:
+            self.pending = data
+
+        async def flush(self) -> None:
+            for i in range(0, len(self.pending), 5):
+                self.w.write(self.pending[i : i + 5])
+                await self.w.drain()
+                await asyncio.sleep(0.002)
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        out = Dribble(w)
+        for reply in (b"220 pieces.test ESMTP\r\n", b"250-pieces.test\r\n250 STARTTLS\r\n"):
+            out.write(reply)
+            await out.flush()
+            await read_command(r)
+        w.write(b"220 2.0.0 go ahead\r\n")
+        await w.drain()
+        await w.start_tls(server_tls)
+        await read_command(r)
+        out.write(b"250-pieces.test\r\n250-SIZE 1000\r\n250 AUTH PLAIN\r\n")
+        await out.flush()
+        await read_command(r)
+        out.write(b"221 2.0.0 bye\r\n")
+        await out.flush()
+
+    result = await run(handler, ca_file=ca_file)
+    assert result.success, result.failure
+    assert result.smtp.greeting == "pieces.test ESMTP"
+    assert result.smtp.extensions_after_tls == ("SIZE", "AUTH")
+    assert [e.text for e in result.transcript if e.kind == "S"] == [
+        "220 pieces.test ESMTP",
+        "250-pieces.test\n250 STARTTLS",
+        "220 2.0.0 go ahead",
+        "250-pieces.test\n250-SIZE 1000\n250 AUTH PLAIN",
+        "221 2.0.0 bye",
+    ]
+
+
 @pytest.mark.parametrize(
     "greeting",
     [b"421 4.3.2 too busy, try later\r\n", b"554 5.7.1 no SMTP service here\r\n"],

@@ -241,8 +241,8 @@ class _Run:
         self._read_certificates(session.peer_chain(sslobj))
 
     def _read_certificates(self, ders: list[bytes]) -> None:
-        self.chain_der = tuple(ders)
         chain = chaincache.read_chain(ders)
+        self.chain_der = chain.der  # the memo's copy: equal bytes, kept once for every result
         if chain.problem is not None:
             self._conn().note("tls", f"unreadable certificate in the served chain: {chain.problem}")
         self.chain = chain.facts

@@ -282,6 +282,9 @@ class _Run:
                     await conn.read_reply()
             except (TimeoutError, ConnectionClosed, ReplyError) as exc:
                 conn.note("info", f"no reply to QUIT: {exc or type(exc).__name__}")
+            except asyncio.CancelledError:
+                conn.abort()  # cancelled while waiting for the 221: the socket must not linger
+                raise
         conn.close()
 
     def abort(self) -> None:

@@ -358,3 +358,40 @@ async def test_legacy_tls_server_is_described_not_refused(
     result = await run(lambda r, w: smtp_session(r, w, legacy), ca_file=ca_file)
     assert result.success, result.failure
     assert result.tls is not None and result.tls.version == label
+
+
+async def test_cancelled_while_waiting_for_quit_closes_the_connection(
+    server_tls: ssl.SSLContext, ca_file: str
+) -> None:
+    # A reload or shutdown cancels a probe waiting for the 221: its socket must go at once, not
+    # linger until the server hangs up (the reload storm test counts descriptors).
+    got_quit, closed = asyncio.Event(), asyncio.Event()
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"220 mute.test ESMTP\r\n")
+        while True:
+            cmd = (await read_command(r)).upper()
+            if cmd.startswith("EHLO"):
+                w.write(b"250-mute.test\r\n250 STARTTLS\r\n")
+            elif cmd == "STARTTLS":
+                w.write(b"220 2.0.0 go ahead\r\n")
+                await w.drain()
+                await w.start_tls(server_tls)
+            elif cmd == "QUIT":
+                got_quit.set()  # and never answer
+                try:
+                    while await r.read(1024):
+                        pass
+                except (ConnectionError, ssl.SSLError):
+                    pass
+                closed.set()
+                return
+
+    async with serve(handler) as (host, port):
+        target = Target.create(host, port, ca_file=ca_file, ehlo_name="probe.test", timeout=30)
+        task = asyncio.create_task(probe(target))
+        await asyncio.wait_for(got_quit.wait(), 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.wait_for(closed.wait(), 2)  # QUIT_TIMEOUT is 2 s: sooner than that

@@ -11,7 +11,8 @@ RUN python -m venv /opt/smtp-tls-exporter
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY exporter ./exporter
-RUN /opt/smtp-tls-exporter/bin/pip install --no-cache-dir .
+# The uvloop extra: the service's event loop when installed, less CPU per probe.
+RUN /opt/smtp-tls-exporter/bin/pip install --no-cache-dir '.[uvloop]'
 
 FROM python:3.11-slim
 RUN groupadd --system --gid 10001 exporter \

@@ -97,12 +97,9 @@ class Exporter:
 
     def __init__(self, config: Path, log: Path, *, uvloop: bool = False) -> None:
         args = [f"--config.file={config}", "--web.listen-address=127.0.0.1:0", "--log.level=info"]
-        if uvloop:
-            # The exporter has no uvloop option; install uvloop's policy, then run the same CLI.
-            shim = "import sys, uvloop; uvloop.install(); from exporter.cli import main; "
-            cmd = [sys.executable, "-c", shim + "sys.exit(main())", *args]
-        else:
-            cmd = [sys.executable, "-m", "exporter", *args]
+        # The exporter's default (--event-loop=auto) is uvloop when installed: ask explicitly.
+        args.append(f"--event-loop={'uvloop' if uvloop else 'asyncio'}")
+        cmd = [sys.executable, "-m", "exporter", *args]
         self.log = log
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
@@ -646,7 +643,8 @@ async def _bench(
         if bb_path is None:
             if "blackbox" in parts and not args.no_blackbox:
                 _say(
-                    "blackbox_exporter: not installed (apt-get install prometheus-blackbox-exporter)"
+                    "blackbox_exporter: not installed "
+                    "(apt-get install prometheus-blackbox-exporter)"
                 )
         else:
             version = blackbox.version(bb_path)

@@ -17,7 +17,16 @@ import time
 from collections.abc import Awaitable
 from typing import Protocol
 
-from exporter.model import Failure, Phases, ProbeResult, Reason, Stage, Target, TranscriptEntry
+from exporter.model import (
+    Failure,
+    Phases,
+    ProbeResult,
+    Reason,
+    Stage,
+    Target,
+    Transcript,
+    TranscriptEntry,
+)
 from exporter.resolve import Addresses, ResolveError, Resolver, literal
 
 MAX_ADDRESSES = 16
@@ -60,7 +69,7 @@ async def probe_each_address(
             success=False,
             failure=failure,
             phases=Phases(resolve=looked_up, total=looked_up),
-            transcript=(TranscriptEntry(round(looked_up, 6), "info", failure.detail),),
+            transcript=Transcript([TranscriptEntry(looked_up, "info", failure.detail)]),
         )
     picked = found[:MAX_ADDRESSES]
     remaining = max(target.timeout - looked_up, 0.0)
@@ -73,7 +82,7 @@ async def probe_each_address(
     per_address = tuple(_with_lookup(r, looked_up) for r in results)
     transcript = [
         TranscriptEntry(
-            round(looked_up, 6),
+            looked_up,
             "info",
             f"{target.host}: {len(found)} addresses"
             + (f", the first {MAX_ADDRESSES} probed" if len(found) > MAX_ADDRESSES else "")
@@ -98,7 +107,7 @@ async def probe_each_address(
             f"failed): {first.detail}",
         ),
         phases=Phases(resolve=looked_up, total=time.monotonic() - started),
-        transcript=tuple(transcript),
+        transcript=Transcript(transcript),
         addresses=per_address,
     )
 

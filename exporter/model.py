@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 from exporter.dane.model import DaneResult
 
@@ -264,11 +266,76 @@ class Verification:
     trust_store: str = "system"  # "system" or the CA file's path
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TranscriptEntry:
     at: float  # seconds since the probe started
     kind: str  # "C" client sent, "S" server sent, "tls" TLS event, "info"
     text: str
+
+
+Row = tuple[float, str, str]
+
+
+class Transcript(Sequence[TranscriptEntry]):
+    """A dialogue's transcript, a sequence of TranscriptEntry kept compact: one tuple of exact
+    (at, kind, text) tuples (which the garbage collector stops tracking, unlike a dozen objects
+    per kept result), each entry built when read, `at` rounded to the microsecond then. Equal to
+    any sequence of the same entries."""
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, entries: Iterable[TranscriptEntry | Row] = ()) -> None:
+        self._rows: tuple[Row, ...] = tuple(
+            e if type(e) is tuple else (e.at, e.kind, e.text)  # type: ignore[union-attr]
+            for e in entries
+        )
+
+    @classmethod
+    def of_rows(cls, rows: Iterable[Row]) -> Transcript:
+        """From (at, kind, text) tuples, as exporter.smtp.wire records them; not checked."""
+        t = cls.__new__(cls)
+        t._rows = tuple(rows)
+        return t
+
+    @staticmethod
+    def _entry(row: Row) -> TranscriptEntry:
+        return TranscriptEntry(round(row[0], 6), row[1], row[2])
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, index: int) -> TranscriptEntry: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Transcript: ...
+
+    def __getitem__(self, index: int | slice) -> TranscriptEntry | Transcript:
+        if isinstance(index, slice):
+            return Transcript.of_rows(self._rows[index])
+        return self._entry(self._rows[index])
+
+    def __iter__(self) -> Iterator[TranscriptEntry]:
+        return map(self._entry, self._rows)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Transcript):
+            return self._rows == other._rows
+        if isinstance(other, Sequence) and not isinstance(other, str | bytes):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._rows)
+
+    def __repr__(self) -> str:
+        return f"Transcript({list(self)!r})"
+
+    def __reduce__(self) -> tuple[type[Transcript], tuple[tuple[Row, ...]]]:
+        return (Transcript, (self._rows,))
+
+
+EMPTY_TRANSCRIPT = Transcript()
 
 
 @dataclass(frozen=True)
@@ -288,7 +355,7 @@ class ProbeResult:
     # (exporter.dane) needs, byte for byte.
     chain_der: tuple[bytes, ...] = ()
     verification: Verification | None = None
-    transcript: tuple[TranscriptEntry, ...] = ()
+    transcript: Transcript = EMPTY_TRANSCRIPT
     # A target with all_addresses: one result per address probed (each with `peer_address` and
     # `address_family`); this result then sums them up (success only if every one succeeded).
     addresses: tuple[ProbeResult, ...] = ()

@@ -22,6 +22,7 @@ from typing import TypeVar
 
 from exporter.addresses import probe_each_address
 from exporter.model import (
+    EMPTY_TRANSCRIPT,
     CertFacts,
     Failure,
     Mode,
@@ -32,6 +33,7 @@ from exporter.model import (
     Stage,
     Target,
     TlsFacts,
+    Transcript,
     Verification,
     VerifyPolicy,
     VerifyReason,
@@ -240,7 +242,7 @@ class _Run:
 
     def _read_certificates(self, ders: list[bytes]) -> None:
         chain = chaincache.read_chain(ders)
-        self.chain_der = chain.ders  # one copy per distinct chain, however many results keep it
+        self.chain_der = chain.der  # the memo's copy: equal bytes, kept once for every result
         if chain.problem is not None:
             self._conn().note("tls", f"unreadable certificate in the served chain: {chain.problem}")
         self.chain = chain.facts
@@ -280,6 +282,9 @@ class _Run:
                     await conn.read_reply()
             except (TimeoutError, ConnectionClosed, ReplyError) as exc:
                 conn.note("info", f"no reply to QUIT: {exc or type(exc).__name__}")
+            except asyncio.CancelledError:
+                conn.abort()  # cancelled while waiting for the 221: the socket must not linger
+                raise
         conn.close()
 
     def abort(self) -> None:
@@ -365,7 +370,7 @@ class _Run:
             chain=self.chain,
             chain_der=self.chain_der,
             verification=self.verification,
-            transcript=tuple(self.conn.transcript) if self.conn else (),
+            transcript=Transcript.of_rows(self.conn.transcript) if self.conn else EMPTY_TRANSCRIPT,
         )
 
 

@@ -26,7 +26,7 @@ def test_one_parse_per_distinct_chain(tmp_path: Path) -> None:
     again = chaincache.read_chain([bytes(bytearray(d)) for d in ders])  # equal, not the same
     assert again is first
     # Results keep the chain's DER: probes that saw the same chain share one copy.
-    assert first.ders == tuple(ders)
+    assert first.der == tuple(ders)
     assert first.facts[0].subject_cn == SERVER_NAME
     assert chaincache.read_chain(ders[:1]) is not first
 

@@ -160,11 +160,11 @@ def test_the_install_and_start_commands_work(tmp_path: Path) -> None:
         else:
             shutil.copy2(src, context / source)
 
-    # The builder stage: a venv, and `pip install .` into it. (Unlike the image, the wheel
-    # cache may be reused, to keep this quick.)
+    # The builder stage: a venv, and `pip install '.[uvloop]'` into it. (Unlike the image, the
+    # wheel cache may be reused, to keep this quick.)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    pip = [str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", "-q", "."]
+    pip = [str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", "-q", ".[uvloop]"]
     done = subprocess.run(
         pip, cwd=context, capture_output=True, text=True, timeout=600, check=False
     )

@@ -108,6 +108,51 @@ async def test_dripping_server_times_out() -> None:
     assert result.failure is not None and "bytes received" in result.failure.detail
 
 
+async def test_replies_in_pieces_are_read_whole(server_tls: ssl.SSLContext, ca_file: str) -> None:
+    # Every reply (and, inside TLS, every record) arrives in small pieces: the connection parses
+    # what it has on each arrival and hands the probe whole replies only.
+    class Dribble:
+        def __init__(self, w: asyncio.StreamWriter) -> None:
+            self.w = w
+
+        def write(self, data: bytes) -> None:
+            self.pending = data
+
+        async def flush(self) -> None:
+            for i in range(0, len(self.pending), 5):
+                self.w.write(self.pending[i : i + 5])
+                await self.w.drain()
+                await asyncio.sleep(0.002)
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        out = Dribble(w)
+        for reply in (b"220 pieces.test ESMTP\r\n", b"250-pieces.test\r\n250 STARTTLS\r\n"):
+            out.write(reply)
+            await out.flush()
+            await read_command(r)
+        w.write(b"220 2.0.0 go ahead\r\n")
+        await w.drain()
+        await w.start_tls(server_tls)
+        await read_command(r)
+        out.write(b"250-pieces.test\r\n250-SIZE 1000\r\n250 AUTH PLAIN\r\n")
+        await out.flush()
+        await read_command(r)
+        out.write(b"221 2.0.0 bye\r\n")
+        await out.flush()
+
+    result = await run(handler, ca_file=ca_file)
+    assert result.success, result.failure
+    assert result.smtp.greeting == "pieces.test ESMTP"
+    assert result.smtp.extensions_after_tls == ("SIZE", "AUTH")
+    assert [e.text for e in result.transcript if e.kind == "S"] == [
+        "220 pieces.test ESMTP",
+        "250-pieces.test\n250 STARTTLS",
+        "220 2.0.0 go ahead",
+        "250-pieces.test\n250-SIZE 1000\n250 AUTH PLAIN",
+        "221 2.0.0 bye",
+    ]
+
+
 @pytest.mark.parametrize(
     "greeting",
     [b"421 4.3.2 too busy, try later\r\n", b"554 5.7.1 no SMTP service here\r\n"],
@@ -313,3 +358,40 @@ async def test_legacy_tls_server_is_described_not_refused(
     result = await run(lambda r, w: smtp_session(r, w, legacy), ca_file=ca_file)
     assert result.success, result.failure
     assert result.tls is not None and result.tls.version == label
+
+
+async def test_cancelled_while_waiting_for_quit_closes_the_connection(
+    server_tls: ssl.SSLContext, ca_file: str
+) -> None:
+    # A reload or shutdown cancels a probe waiting for the 221: its socket must go at once, not
+    # linger until the server hangs up (the reload storm test counts descriptors).
+    got_quit, closed = asyncio.Event(), asyncio.Event()
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"220 mute.test ESMTP\r\n")
+        while True:
+            cmd = (await read_command(r)).upper()
+            if cmd.startswith("EHLO"):
+                w.write(b"250-mute.test\r\n250 STARTTLS\r\n")
+            elif cmd == "STARTTLS":
+                w.write(b"220 2.0.0 go ahead\r\n")
+                await w.drain()
+                await w.start_tls(server_tls)
+            elif cmd == "QUIT":
+                got_quit.set()  # and never answer
+                try:
+                    while await r.read(1024):
+                        pass
+                except (ConnectionError, ssl.SSLError):
+                    pass
+                closed.set()
+                return
+
+    async with serve(handler) as (host, port):
+        target = Target.create(host, port, ca_file=ca_file, ehlo_name="probe.test", timeout=30)
+        task = asyncio.create_task(probe(target))
+        await asyncio.wait_for(got_quit.wait(), 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.wait_for(closed.wait(), 2)  # QUIT_TIMEOUT is 2 s: sooner than that

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from exporter.model import Failure, TranscriptEntry
+from exporter.model import EMPTY_TRANSCRIPT, Failure, Transcript
 
 
 class CheckName(enum.StrEnum):
@@ -30,4 +30,4 @@ class CheckRun:
     accepted: tuple[tuple[str, bool], ...] = ()
     # Why a verdict is missing; for protocols the first version without one.
     failure: Failure | None = None
-    transcript: tuple[TranscriptEntry, ...] = ()
+    transcript: Transcript = EMPTY_TRANSCRIPT

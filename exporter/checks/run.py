@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from exporter.checks.dialogues import INJECTION_WAIT, CheckDialogue, Injection, Protocol, Submission
 from exporter.checks.model import CheckName, CheckRun
-from exporter.model import Failure, Mode, Reason, Stage, Target, TranscriptEntry
+from exporter.model import Failure, Mode, Reason, Stage, Target, Transcript, TranscriptEntry
 from exporter.probe import _Stop
 from exporter.resolve import Resolver, system_resolve
 from exporter.tls.session import PINNED_VERSIONS, VersionUnavailable
@@ -85,7 +85,7 @@ async def _protocols(target: Target, resolve: Resolver) -> CheckRun:
         None,
         tuple(accepted),
         first_failure,
-        tuple(transcript),
+        Transcript(transcript),
     )
     _log(target, run)
     return run
@@ -93,7 +93,7 @@ async def _protocols(target: Target, resolve: Resolver) -> CheckRun:
 
 async def _dialogue(
     dialogue: CheckDialogue, step: Callable[[], Awaitable[bool]]
-) -> tuple[bool | None, Failure | None, tuple[TranscriptEntry, ...]]:
+) -> tuple[bool | None, Failure | None, Transcript]:
     """Run one check dialogue as the probe runs its own: within its timeout, every failure
     caught once; then QUIT when the connection can still carry it. (verdict, failure, transcript)"""
     verdict: bool | None = None
@@ -118,7 +118,7 @@ async def _dialogue(
         await dialogue.quit()
     else:
         dialogue.abort()
-    transcript = tuple(dialogue.conn.transcript) if dialogue.conn is not None else ()
+    transcript = Transcript.of_rows(dialogue.conn.transcript if dialogue.conn is not None else ())
     return (None if dialogue.failure else verdict), dialogue.failure, transcript
 
 

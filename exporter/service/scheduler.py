@@ -433,6 +433,9 @@ class Scheduler:
 
 def log_result(result: ProbeResult, lag: float | None = None) -> None:
     """One WARNING line for a failed probe (DEBUG for a good one), then the transcript at DEBUG."""
+    debug = log.isEnabledFor(logging.DEBUG)
+    if result.failure is None and not debug:
+        return  # the usual case: nothing to log, so nothing to build
     target = result.target
     fields: dict[str, object] = {"target": target.name}
     domain = dict(target.labels).get("domain")
@@ -447,7 +450,7 @@ def log_result(result: ProbeResult, lag: float | None = None) -> None:
         log.warning("probe failed", extra=fields)
     else:
         log.debug("probe succeeded", extra=fields)
-    if result.transcript and log.isEnabledFor(logging.DEBUG):
+    if debug and result.transcript:
         lines = [f"{e.at:8.4f} {e.kind:<4} {e.text}" for e in result.transcript]
         log.debug("transcript", extra={"target": target.name, "transcript": "\n".join(lines)})
 

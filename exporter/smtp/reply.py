@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 
 # RFC 5321 section 4.5.3.1.5 limits a reply line to 512 octets; real servers exceed it a little
@@ -138,7 +139,7 @@ class Ehlo:
     @property
     def auth_mechanisms(self) -> tuple[str, ...]:
         mechs = self.extensions.get("AUTH", ())
-        return tuple(dict.fromkeys(m.upper() for m in mechs))
+        return tuple(dict.fromkeys(sys.intern(m.upper()) for m in mechs))
 
 
 def parse_ehlo(reply: Reply) -> Ehlo:
@@ -149,7 +150,8 @@ def parse_ehlo(reply: Reply) -> Ehlo:
         words = line.split()
         if not words:
             continue
-        keyword = words[0].upper()
+        # Interned: the same few keywords are kept in every result (SmtpFacts), once each.
+        keyword = sys.intern(words[0].upper())
         params = tuple(words[1:])
         # Some servers still send the pre-standard "AUTH=LOGIN PLAIN" form next to "AUTH ...".
         if keyword.startswith("AUTH="):

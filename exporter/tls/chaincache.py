@@ -31,11 +31,13 @@ VERIFY_TTL = 3600.0  # seconds
 @dataclass(frozen=True)
 class Chain:
     key: bytes  # SHA-256 over the served DER certificates
-    ders: tuple[bytes, ...]  # those certificates: results of probes that saw them share these
     facts: tuple[CertFacts, ...]  # of the readable prefix of the chain, leaf first
     loaded: tuple[x509.Certificate, ...]  # the same certificates, parsed
     problem: str | None  # why reading stopped early (an unreadable certificate), or None
     boundaries: tuple[float, ...]  # every notBefore and notAfter in the chain, unix seconds
+    # The served DER certificates (all of them), shared by every result that saw this chain
+    # rather than a copy per probe.
+    der: tuple[bytes, ...] = ()
 
 
 K = TypeVar("K")
@@ -86,7 +88,7 @@ def read_chain(ders: Sequence[bytes]) -> Chain:
             break
         loaded.append(cert)
     bounds = tuple(sorted({t for f in facts for t in (f.not_before, f.not_after)}))
-    chain = Chain(key, tuple(ders), tuple(facts), tuple(loaded), problem, bounds)
+    chain = Chain(key, tuple(facts), tuple(loaded), problem, bounds, tuple(ders))
     _chains.put(key, chain)
     return chain
 

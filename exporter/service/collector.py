@@ -1,4 +1,10 @@
-"""The one Prometheus collector: the latest probe results, as metric families, at scrape time.
+"""The one place the series of probe results are built: the latest results, as metric families.
+
+`/metrics` does not call `collect()`: it serves the cached exposition (exposition.py), which
+renders each target's (and each domain's) series with this module's builders,
+`add_target_samples` and `add_domain_block`, and the exporter's own with `exporter_families`.
+`collect()` assembles the same whole, for an on-demand `/probe` answer (`on_demand`, endpoint
+families only) and as the reference the cached exposition is tested against.
 
 `collect()` takes a snapshot of the service state and turns it into families; it never does I/O
 and never waits on a probe. The values come from the last scheduled probe of each target, so no

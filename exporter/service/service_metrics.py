@@ -1,7 +1,8 @@
 """The exporter's own reliability metrics: back-off per endpoint, web config reloads, tasks.
 
-A second collector beside `SmtpTlsCollector`, registered on the same registry; like it, it reads
-plain data at scrape time (under the owners' locks) and never waits on a probe:
+One of the exporter's own collectors, rendered at every scrape after the cached per-target
+families (exposition.py); it reads plain data (under the owners' locks) and never waits on a
+probe:
 
     smtp_tls_exporter_endpoints_backing_off 1.0
     smtp_tls_exporter_backoff_seconds{host="mx.example.com",port="25"} 240.0

@@ -1,6 +1,7 @@
 """The exporter's shard: which part of the config it probes (`--shard.index`, `--shard.count`).
 
-A collector beside `SmtpTlsCollector` on the same registry. `smtp_tls_exporter_targets` and
+One of the exporter's own collectors, rendered at every scrape after the cached per-target
+families (exposition.py). `smtp_tls_exporter_targets` and
 `smtp_tls_exporter_domains` count what this replica probes; these say how much the whole config
 holds, so that `sum(smtp_tls_exporter_targets)` over the replicas can be checked against it:
 

@@ -49,10 +49,20 @@ def machine() -> dict[str, str]:
         "nproc": str(os.cpu_count()),
         "cpu": model,
         "python": platform.python_version(),
-        "openssl": ssl.OPENSSL_VERSION,
+        "openssl": ssl.OPENSSL_VERSION,  # Python's ssl, and `openssl s_time`'s on Debian
+        "probe_openssl": _probe_openssl(),
         "loadavg": load,
         "kernel": platform.release(),
     }
+
+
+def _probe_openssl() -> str:
+    """The OpenSSL the exporter's probes run on (pyOpenSSL's, from cryptography's wheel)."""
+    try:
+        from OpenSSL import SSL
+    except ImportError:
+        return "?"
+    return SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -535,7 +535,8 @@ def render(meta: dict[str, Any], cpu: list[CpuRow], scale: list[ScaleRow]) -> st
     out = [
         f"smtp-tls-exporter bench ({meta['plan']}), {meta['date']}",
         f"machine: {m['nproc']} cores, {m['cpu']}, Linux {m['kernel']}, Python {m['python']}, "
-        f"{m['openssl']}; load average at start {m['loadavg']}",
+        f"{m['openssl']} (s_time), {m.get('probe_openssl', '?')} (the exporter's probes); "
+        f"load average at start {m['loadavg']}",
         f"peers: scripted server ({meta['server']}), Postfix {meta.get('postfix', 'skipped')}; "
         f"blackbox_exporter {meta.get('blackbox', 'skipped')}",
         "",

@@ -14,11 +14,12 @@ import functools
 import ipaddress
 import logging
 import socket
-import ssl
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TypeVar
+
+from OpenSSL import SSL
 
 from exporter.addresses import probe_each_address
 from exporter.model import (
@@ -216,7 +217,7 @@ class _Run:
                 "info", f"discarded {len(unread)} plaintext bytes sent after 220: {unread[:80]!r}"
             )
 
-    async def _handshake(self, context: ssl.SSLContext | None = None) -> None:
+    async def _handshake(self, context: SSL.Context | None = None) -> None:
         conn = self._conn()
         name = self.target.server_name
         try:
@@ -235,10 +236,10 @@ class _Run:
                     f"plaintext {prefix!r} instead of TLS after STARTTLS",
                 ) from exc
             raise _Stop(Reason.TLS_HANDSHAKE_FAILED, str(exc)) from exc
-        sslobj = conn.ssl_object
-        assert sslobj is not None
-        self.tls = session.tls_facts(sslobj)
-        self._read_certificates(session.peer_chain(sslobj))
+        tls = conn.tls
+        assert tls is not None and conn.tls_facts is not None
+        self.tls = conn.tls_facts
+        self._read_certificates(tls.chain())
 
     def _read_certificates(self, ders: list[bytes]) -> None:
         chain = chaincache.read_chain(ders)

@@ -15,7 +15,6 @@ from cryptography.hazmat.primitives import serialization
 from exporter.model import Mode, Target, VerifyReason
 from exporter.probe import probe
 from exporter.tls import certs
-from exporter.tls.session import peer_chain
 from exporter.tls.verify import TrustStore, TrustStoreError, load_trust_store, verify
 from tests.fixtures.certs import Issued, TestPKI
 from tests.scripted import serve, smtp_session
@@ -235,22 +234,8 @@ def test_garbage_der_is_a_certificate_error() -> None:
         certs.describe(b"\x30\x03\x02\x01\x00")
 
 
-class _PublicChainObject:
-    """What Python 3.13's SSLObject offers: get_unverified_chain() returning DER bytes."""
-
-    def __init__(self, ders: list[bytes]) -> None:
-        self._ders = ders
-
-    def get_unverified_chain(self) -> list[bytes]:
-        return self._ders
-
-
-def test_peer_chain_public_api_shape() -> None:
-    assert peer_chain(_PublicChainObject([b"leaf", b"inter"])) == [b"leaf", b"inter"]  # type: ignore[arg-type]
-
-
-async def test_peer_chain_private_api_on_a_live_connection(pki: TestPKI, tmp_path: Path) -> None:
-    """On 3.11/3.12 the chain comes from the private _sslobj; both certificates must arrive."""
+async def test_served_chain_on_a_live_connection(pki: TestPKI, tmp_path: Path) -> None:
+    """The whole served chain is read, leaf then intermediate, in the order served."""
     leaf = pki.leaf([NAME], ["127.0.0.1"])
     cert_path, key_path = leaf.write(tmp_path, "leaf")
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

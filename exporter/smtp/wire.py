@@ -1,19 +1,22 @@
 """One SMTP connection on the wire: bounded reads, replies, writes, in-place TLS, and a transcript.
 
-TLS runs through an `ssl.SSLObject` over memory BIOs rather than asyncio's `start_tls`, so the probe
-sees the raw bytes: plaintext where a TLS record was expected (port 465 spoken to as if it were
-587), and plaintext the server sent after its 220 to STARTTLS (RFC 3207 section 4.2).
+TLS runs over memory buffers (exporter.tls.session.ClientTls) rather than asyncio's `start_tls`,
+so the probe sees the raw bytes: plaintext where a TLS record was expected (port 465 spoken to as
+if it were 587), and plaintext the server sent after its 220 to STARTTLS (RFC 3207 section 4.2).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 import time
 from typing import cast
 
+from OpenSSL import SSL
+
+from exporter.model import TlsFacts
 from exporter.smtp.reply import MAX_LINE, MAX_REPLY, Reply, ReplyError, take_reply
+from exporter.tls.session import ClientTls, TlsFailure
 
 MAX_TRANSCRIPT_ENTRIES = 200
 MAX_TRANSCRIPT_TEXT = 2000
@@ -60,11 +63,11 @@ class Connection(asyncio.BufferedProtocol):
         self._waiter: asyncio.Future[None] | None = None  # handshake progress
         self._reply_waiter: asyncio.Future[Reply] | None = None
         self._paused = False
-        self._ssl: ssl.SSLObject | None = None
-        self._in = ssl.MemoryBIO()
-        self._out = ssl.MemoryBIO()
+        self._ssl: ClientTls | None = None
+        self._held = False  # our last handshake flight waits to leave with the next command
         self._handshaking = False
-        self._tls_error: ssl.SSLError | None = None
+        self._tls_error: str | None = None
+        self.tls_facts: TlsFacts | None = None  # version and cipher, once the handshake is done
         self._raw_prefix = bytearray()
         self.local_address: str | None = None
         self.received = 0  # bytes read from the socket, for "timed out after N bytes" details
@@ -93,7 +96,7 @@ class Connection(asyncio.BufferedProtocol):
             else:
                 if len(self._raw_prefix) < RAW_PREFIX:
                     self._raw_prefix += data[: RAW_PREFIX - len(self._raw_prefix)]
-                self._in.write(data)
+                self._ssl.receive(data)
                 if not self._handshaking:
                     self._decrypt()
         finally:
@@ -142,20 +145,17 @@ class Connection(asyncio.BufferedProtocol):
         assert self._ssl is not None
         while True:
             try:
-                n = cast(int, self._ssl.read(READ_SIZE, self._buffer))
-            except ssl.SSLWantReadError:
-                return
-            except ssl.SSLZeroReturnError:
+                chunk = self._ssl.read(READ_SIZE)
+            except TlsFailure as exc:
+                self._tls_error = str(exc)
                 self._eof = True
                 return
-            except ssl.SSLError as exc:
-                self._tls_error = exc
+            if chunk is None:
+                return
+            if not chunk:  # the server's close_notify
                 self._eof = True
                 return
-            if not n:
-                self._eof = True
-                return
-            self._plain += self._view[:n]
+            self._plain += chunk
 
     @property
     def pending(self) -> bytes:
@@ -184,7 +184,7 @@ class Connection(asyncio.BufferedProtocol):
 
     async def read_reply(self) -> Reply:
         """Wait for one complete reply. Raises ReplyError, ReplyTooLarge or ConnectionClosed."""
-        if self._ssl is not None and self._out.pending:
+        if self._held:
             self._flush()  # our last handshake flight, held back by start_tls
         reply = self._take_reply()
         if reply is not None:
@@ -206,8 +206,7 @@ class Connection(asyncio.BufferedProtocol):
         if self._ssl is None:
             self._write_raw(data)
         else:
-            self._ssl.write(data)
-            self._flush()
+            self._encrypt(data)
 
     def send_pipelined(self, *lines: str) -> None:
         """Send command lines in one write. More than one only for the STARTTLS injection check
@@ -218,16 +217,24 @@ class Connection(asyncio.BufferedProtocol):
         if self._ssl is None:
             self._write_raw(data)
         else:
-            self._ssl.write(data)
-            self._flush()
+            self._encrypt(data)
 
     def _write_raw(self, data: bytes) -> None:
         if self._transport is None or self._transport.is_closing():
             raise ConnectionClosed("connection already closed")
         self._transport.write(data)
 
+    def _encrypt(self, data: bytes) -> None:
+        assert self._ssl is not None
+        try:
+            self._ssl.write(data)
+        except TlsFailure as exc:
+            raise ConnectionClosed(f"TLS error while writing: {exc}") from None
+        self._flush()
+
     def _flush(self) -> None:
-        data = self._out.read()
+        self._held = False
+        data = self._ssl.outgoing() if self._ssl is not None else b""
         if data:
             self._write_raw(data)
 
@@ -242,45 +249,42 @@ class Connection(asyncio.BufferedProtocol):
             self._paused = False
         return data
 
-    async def start_tls(self, context: ssl.SSLContext, server_name: str | None) -> None:
+    async def start_tls(self, context: SSL.Context, server_name: str | None) -> None:
         """Run the TLS handshake in place. Raises TlsError or ConnectionClosed.
 
         Our last flight (TLS 1.3: the client Finished) is held back until the next command is
         sent, or until a reply is awaited: after STARTTLS it leaves in the same write as the
         EHLO, one system call and one wake-up of the server fewer."""
         self._raw_prefix.clear()
-        self._ssl = context.wrap_bio(self._in, self._out, server_hostname=server_name)
+        tls = self._ssl = ClientTls(context, server_name)
         self._handshaking = True
         self._note("tls", f"handshake started (SNI {server_name or 'none'})")
         try:
             while True:
                 try:
-                    self._ssl.do_handshake()
-                    break
-                except ssl.SSLWantReadError:
-                    self._flush()
-                    if self._eof:
-                        raise TlsError(
-                            "server closed the connection during the TLS handshake",
-                            bytes(self._raw_prefix),
-                        ) from None
-                    await self._wait()
-                except ssl.SSLError as exc:
+                    if tls.handshake():
+                        break
+                except TlsFailure as exc:
                     self._flush()  # let the server see our alert
-                    raise TlsError(_ssl_message(exc), bytes(self._raw_prefix)) from exc
+                    raise TlsError(str(exc), bytes(self._raw_prefix)) from None
+                self._flush()
+                if self._eof:
+                    raise TlsError(
+                        "server closed the connection during the TLS handshake",
+                        bytes(self._raw_prefix),
+                    )
+                await self._wait()
         finally:
             self._handshaking = False
-        self._note("tls", f"handshake done: {self._ssl.version()} {self.cipher()[0]}")
+        self._held = True
+        facts = self.tls_facts = tls.facts()
+        self._note("tls", f"handshake done: {facts.version} {facts.cipher}")
         # Bytes that arrived with the last handshake flight (an implicit-TLS greeting) wait here.
         self._decrypt()
 
     @property
-    def ssl_object(self) -> ssl.SSLObject | None:
+    def tls(self) -> ClientTls | None:
         return self._ssl
-
-    def cipher(self) -> tuple[str, str, int | None]:
-        c = self._ssl.cipher() if self._ssl is not None else None
-        return c if c is not None else ("", "", None)
 
     # -- closing ----------------------------------------------------------------------------
 
@@ -288,8 +292,7 @@ class Connection(asyncio.BufferedProtocol):
         if self._transport is None or self._transport.is_closing():
             return
         if self._ssl is not None and not self._handshaking and self._tls_error is None:
-            with contextlib.suppress(ssl.SSLError, ValueError):
-                self._ssl.unwrap()  # queue our close_notify
+            self._ssl.close_notify()
             with contextlib.suppress(WireError):
                 self._flush()
         self._transport.close()
@@ -309,12 +312,6 @@ class Connection(asyncio.BufferedProtocol):
         if len(text) > MAX_TRANSCRIPT_TEXT:
             text = text[:MAX_TRANSCRIPT_TEXT] + f"... ({len(text)} characters)"
         self.transcript.append((time.monotonic() - self._started, kind, text))
-
-
-def _ssl_message(exc: ssl.SSLError) -> str:
-    reason = getattr(exc, "reason", None)
-    text = str(exc)
-    return f"{reason}: {text}" if reason and reason not in text else text
 
 
 def looks_like_tls(data: bytes) -> bool:

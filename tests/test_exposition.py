@@ -232,10 +232,35 @@ def test_a_plain_answer_is_inflated_a_piece_at_a_time(monkeypatch: pytest.Monkey
 
 
 @pytest.mark.parametrize("group", [1, 5, 1000])
+@pytest.mark.parametrize("buffer", [0, 300, 1 << 30])
+@pytest.mark.parametrize("piece", [1, 1 << 18])
 def test_the_body_does_not_depend_on_how_families_are_grouped_in_builds(
-    monkeypatch: pytest.MonkeyPatch, group: int
+    monkeypatch: pytest.MonkeyPatch, group: int, buffer: int, piece: int
 ) -> None:
     state = rich_state()
     want = body(cached(state))
     monkeypatch.setattr(exposition, "GROUP", group)
+    monkeypatch.setattr(exposition, "BUFFER", buffer)
+    monkeypatch.setattr(exposition, "PIECE", piece)
     assert body(cached(state)) == want
+
+
+def test_a_build_holds_at_most_its_buffer_of_lines_besides_the_streamed_family(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Families a build does not stream are held until the blocks are read: their estimated
+    size stays within BUFFER, and the biggest family is streamed rather than held."""
+    exp = cached(rich_state())
+    exp.rebuild()
+    blocks = list(exp._targets.values())
+    sizes = [0] * len(exposition.FAMILIES)
+    for block in blocks:
+        prev = 0
+        for f, end in enumerate(block.ends):
+            sizes[f] += end - prev
+            prev = end
+    monkeypatch.setattr(exposition, "BUFFER", max(sizes) - 1)
+    groups = list(exposition._groups(blocks))
+    assert [f for g in groups for f in g] == list(range(len(sizes)))
+    for g in groups:
+        assert sum(sizes[f] for f in g[1:]) <= max(sizes) - 1, g

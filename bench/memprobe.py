@@ -29,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import peers  # noqa: E402
-from bench.run import write_exporter_config  # noqa: E402
+from bench import peers
+from bench.run import write_exporter_config
 
 PORT = 19466
 GARBAGE = False  # --garbage: keep what the full collection finds in cycles and list its types
@@ -56,7 +56,8 @@ def report(label: str) -> None:
     mem = status()
     print(f"--- {label}: RSS {mem['VmRSS']} MB, peak {mem['VmHWM']} MB, gzip body {size} B")
     gens = [len(gc.get_objects(g)) for g in range(3)]
-    print(f"tracked: gen0 {gens[0]}, gen1 {gens[1]}, gen2 {gens[2]}, frozen {gc.get_freeze_count()}")
+    frozen = gc.get_freeze_count()
+    print(f"tracked: gen0 {gens[0]}, gen1 {gens[1]}, gen2 {gens[2]}, frozen {frozen}")
     types = collections.Counter(type(o).__name__ for o in gc.get_objects())
     print("most tracked types: " + ", ".join(f"{k} {v}" for k, v in types.most_common(15)))
     start = time.perf_counter()
@@ -105,8 +106,11 @@ def main() -> int:
                 started["t"] = time.perf_counter()
             else:
                 ms = 1000 * (time.perf_counter() - started.get("t", time.perf_counter()))
-                print(f"[gc] {time.monotonic() - t0:6.1f}s full collection {ms:.0f} ms, "
-                      f"{info['collected']} collected", flush=True)
+                print(
+                    f"[gc] {time.monotonic() - t0:6.1f}s full collection {ms:.0f} ms, "
+                    f"{info['collected']} collected",
+                    flush=True,
+                )
 
         gc.callbacks.append(on_gc)
 

@@ -171,10 +171,12 @@ def describe(exc: SSL.Error) -> str:
             return "the connection ended in the middle of TLS (unexpected EOF)"
         return f"system error during TLS: {text or code}"
     errors = exc.args[0] if exc.args else None
-    if isinstance(errors, list) and errors:
-        reasons = [str(e[2]) for e in errors if isinstance(e, tuple) and len(e) == 3]
+    if isinstance(errors, list):
+        reasons = [str(e[2]) for e in errors if isinstance(e, tuple) and len(e) == 3 and e[2]]
         if reasons:
             return "; ".join(dict.fromkeys(reasons))
+        if not errors:
+            return "TLS error (OpenSSL gave no reason)"
     return str(exc) or type(exc).__name__
 
 

@@ -11,7 +11,8 @@ child processes.
 `--at`: seconds after start at which to report (the start-up round at 10,000 targets takes
 about 25 s); after the last report the run stops. `--gc-log` prints every collection of
 generation 2 with its duration, as it happens; `--garbage` lists the types of the objects the
-full collection of each report finds in unreachable cycles.
+full collection of each report finds in unreachable cycles; `--tracemalloc N` traces Python's
+allocations (slower, and RSS then includes the tracing) and prints the N sites holding the most.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from bench.run import write_exporter_config
 
 PORT = 19466
 GARBAGE = False  # --garbage: keep what the full collection finds in cycles and list its types
+TRACE = 0  # --tracemalloc N: the N allocation sites holding the most memory, at each report
 
 
 def status() -> dict[str, int]:
@@ -58,6 +60,13 @@ def report(label: str) -> None:
     gens = [len(gc.get_objects(g)) for g in range(3)]
     frozen = gc.get_freeze_count()
     print(f"tracked: gen0 {gens[0]}, gen1 {gens[1]}, gen2 {gens[2]}, frozen {frozen}")
+    if TRACE:
+        import tracemalloc
+
+        current, peak = tracemalloc.get_traced_memory()
+        print(f"traced: {current >> 20} MB now, {peak >> 20} MB at most")
+        for stat in tracemalloc.take_snapshot().statistics("lineno")[:TRACE]:
+            print(f"  {stat}")
     types = collections.Counter(type(o).__name__ for o in gc.get_objects())
     print("most tracked types: " + ", ".join(f"{k} {v}" for k, v in types.most_common(15)))
     start = time.perf_counter()
@@ -84,9 +93,15 @@ def main() -> int:
     ap.add_argument("--subnet", type=int, default=76)
     ap.add_argument("--gc-log", action="store_true")
     ap.add_argument("--garbage", action="store_true")
+    ap.add_argument("--tracemalloc", type=int, default=0, metavar="N")
     args = ap.parse_args()
-    global GARBAGE
+    global GARBAGE, TRACE
     GARBAGE = args.garbage
+    TRACE = args.tracemalloc
+    if TRACE:
+        import tracemalloc
+
+        tracemalloc.start()
     moments = [float(x) for x in args.at.split(",")]
 
     workdir = Path(tempfile.mkdtemp(prefix="memprobe-"))

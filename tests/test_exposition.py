@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import math
+import re
 import threading
 import zlib
 
@@ -87,6 +88,72 @@ def test_same_series_as_the_collector(accept: str, gz: bool) -> None:
     state, clock = rich_state(), Clock()
     exp = cached(state, clock)
     assert_same(parsed(body(exp, accept, gz)), reference(state, clock))
+
+
+_PAIR = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def _lines_by_family(text: str) -> dict[str, list[str]]:
+    """Each family's lines as written (label pairs, escapes and value text untouched), the
+    pairs of each line put in name order as prometheus_client writes them."""
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        name, brace, labels = head.partition("{")
+        pairs = _PAIR.findall(labels)
+        assert ",".join(f'{k}="{v}"' for k, v in pairs) + "}" == labels if brace else not pairs
+        ordered = ",".join(f'{k}="{v}"' for k, v in sorted(pairs))
+        out.setdefault(name, []).append(f"{name}{{{ordered}}} {value}" if brace else line)
+    return out
+
+
+def test_lines_are_written_as_prometheus_client_writes_them() -> None:
+    """Line for line, not only the same samples: escaping and value formatting too."""
+    state, clock = rich_state(), Clock()
+    odd = Target.create("localhost", 26, labels={"note": 'a "b" \\ c\nd é'})
+    state.set_targets((*state.targets, odd))
+    state.record(starttls_ok(odd), lag=0.0)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SmtpTlsCollector(state.snapshot, clock=clock))
+    want = _lines_by_family(generate_latest(registry).decode())
+    got = _lines_by_family(body(cached(state, clock)))
+    assert set(got) == set(want)
+    cached_names = set(exposition.FAMILIES) - {exposition.EXPIRY}
+    assert len(cached_names & set(got)) >= 20  # the rich state fills most families
+    for name in cached_names & set(got):
+        assert sorted(got[name]) == sorted(want[name]), name
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        0.0,
+        1.0,
+        -1.0,
+        0.25,
+        1e-05,
+        5e-324,
+        0.1 + 0.2,
+        123456.7,
+        999999.0,
+        1000000.0,
+        1234567.0,
+        1.763e9,
+        1763251200.5,
+        -1.763e9,
+        1e22,
+        2.0**70,
+        math.inf,
+        -math.inf,
+        math.nan,
+    ],
+)
+def test_values_are_formatted_as_prometheus_client_formats_them(value: float) -> None:
+    from prometheus_client.utils import floatToGoString
+
+    assert exposition._value(value) == floatToGoString(value)
 
 
 def test_openmetrics_answer_is_valid_and_the_same() -> None:

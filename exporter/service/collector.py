@@ -33,7 +33,6 @@ from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from prometheus_client.samples import Sample
 
 from exporter import __version__
 from exporter.checks.model import CheckRun
@@ -48,7 +47,7 @@ from exporter.service.domain_metrics import (
     domain_families,
     mx_probe_interval,
 )
-from exporter.service.families import Families
+from exporter.service.families import NO_LABELS, Families, Family
 from exporter.service.state import CheckResults, Snapshot
 
 _FROM_PROBE = "from the last scheduled probe"
@@ -154,10 +153,10 @@ class SmtpTlsCollector(Collector):
         yield from (f for f in domains.values() if f.samples)
 
 
-def endpoint_families(on_demand: bool = False) -> dict[str, GaugeMetricFamily]:
+def endpoint_families(on_demand: bool = False) -> dict[str, Family]:
     """The per-endpoint families, empty, in the order they are exposed."""
     return {
-        name: GaugeMetricFamily(name, _help(text, on_demand))
+        name: Family(name, _help(text, on_demand))
         for name, text in (_ENDPOINT_HELP | CHECK_HELP | DANE_HELP).items()
     }
 
@@ -214,9 +213,9 @@ def _config_samples(
     for where in _addresses(result):
         labels = {**_endpoint_labels(target), **where}
         if not on_demand:  # an on-demand probe has no schedule
-            _add(families, "smtp_tls_probe_interval_seconds", labels, interval)
+            families["smtp_tls_probe_interval_seconds"].put(labels, NO_LABELS, interval)
         required = target.verify is VerifyPolicy.REQUIRED
-        _add(families, "smtp_tls_cert_verify_required", labels, required)
+        families["smtp_tls_cert_verify_required"].put(labels, NO_LABELS, required)
 
 
 def _help(text: str, on_demand: bool) -> str:
@@ -289,12 +288,6 @@ def _endpoint_labels(target: Target) -> dict[str, str]:
     }
 
 
-def _add(families: Families, name: str, labels: dict[str, str], value: float) -> None:
-    # Static labels differ between targets, so samples are added with their own label set
-    # rather than through add_metric(), which fixes one set of names per family.
-    families[name].samples.append(Sample(name, labels, float(value)))
-
-
 def _address_labels(r: ProbeResult) -> dict[str, str]:
     return {"address": r.peer_address or "", "ip_family": r.address_family or ""}
 
@@ -332,7 +325,7 @@ def _one_endpoint(
     base = {**_endpoint_labels(r.target), **where}
 
     def add(name: str, value: float, **extra: str) -> None:
-        _add(families, name, {**base, **extra}, value)
+        families[name].put(base, extra, value)
 
     starttls = r.target.mode == Mode.STARTTLS
     add("smtp_tls_probe_success", r.success)

@@ -19,12 +19,9 @@ The MX hosts' own probe series are the per-endpoint families (collector.py), wit
 
 from __future__ import annotations
 
-from prometheus_client.metrics_core import GaugeMetricFamily
-from prometheus_client.samples import Sample
-
 from exporter.domains.config import DomainConfig
 from exporter.domains.model import DomainResult, MxStatus, StsState
-from exporter.service.families import Families
+from exporter.service.families import NO_LABELS, Families, Family
 
 _FROM_CHECK = "from the last scheduled check of the domain"
 
@@ -84,8 +81,8 @@ DOMAIN_HELP = {
 }
 
 
-def domain_families() -> dict[str, GaugeMetricFamily]:
-    return {name: GaugeMetricFamily(name, text) for name, text in DOMAIN_HELP.items()}
+def domain_families() -> dict[str, Family]:
+    return {name: Family(name, text) for name, text in DOMAIN_HELP.items()}
 
 
 def mx_probe_interval(domain: DomainConfig) -> float:
@@ -100,16 +97,16 @@ def _base(domain: DomainConfig) -> dict[str, str]:
 
 def add_domain_config_samples(families: Families, domain: DomainConfig) -> None:
     """The series of the domain's config: there from the moment it is configured."""
-    name = "smtp_tls_domain_check_interval_seconds"
-    families[name].samples.append(Sample(name, _base(domain), float(domain.interval)))
+    families["smtp_tls_domain_check_interval_seconds"].put(
+        _base(domain), NO_LABELS, domain.interval
+    )
 
 
 def add_domain_samples(families: Families, domain: DomainConfig, r: DomainResult) -> None:
     base = _base(domain)
 
     def add(name: str, value: float, **extra: str) -> None:
-        # Static labels differ between domains: each sample gets its own label set.
-        families[name].samples.append(Sample(name, {**base, **extra}, float(value)))
+        families[name].put(base, extra, value)
 
     sts = r.sts
     for state in StsState:

@@ -25,19 +25,19 @@ build older than MAX_AGE is redone by the scrape, whatever it costs.
 
 from __future__ import annotations
 
+import operator
 import struct
 import threading
 import time
 import zlib
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client.exposition import choose_encoder, generate_latest
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector, CollectorRegistry
-from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from exporter.domains.config import DomainConfig
@@ -50,6 +50,7 @@ from exporter.service.collector import (
     exporter_families,
 )
 from exporter.service.domain_metrics import domain_families
+from exporter.service.families import Families, Family, Labels
 from exporter.service.state import CheckResults, ServiceState, Snapshot
 
 EXPIRY = "smtp_tls_cert_expiry_days"
@@ -68,11 +69,12 @@ _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, 
 _DAY = 86400.0
 
 
-def _families() -> dict[str, GaugeMetricFamily]:
+def _families() -> dict[str, Family]:
     return endpoint_families() | domain_families()
 
 
 FAMILIES: tuple[str, ...] = tuple(_families())
+_INDEX = {name: i for i, name in enumerate(FAMILIES)}
 _EXPIRY_INDEX = FAMILIES.index(EXPIRY)
 
 
@@ -107,7 +109,12 @@ _COMMON = {0.0: "0.0", 1.0: "1.0"}
 def _value(value: float) -> str:
     """A sample value as prometheus_client writes it (1.0, 0.25, 1.76e+09, +Inf, NaN)."""
     text = _COMMON.get(value)
-    return text if text is not None else floatToGoString(value)  # type: ignore[no-untyped-call]
+    if text is None:
+        text = repr(value)
+        # repr() is floatToGoString's answer but for large numbers, infinities and NaN.
+        if text[-1] in "fn" or (value > 0 and text.find(".") > 6):
+            text = floatToGoString(value)  # type: ignore[no-untyped-call]
+    return text
 
 
 def _escape(value: str) -> str:
@@ -120,25 +127,64 @@ _PAIRS: dict[tuple[str, str], str] = {}
 _PAIRS_MAX = 200_000
 
 
-def _head(sample: Sample) -> str:
-    """'name{labels} ', the sample's line up to its value."""
+def _pairs(labels: Labels) -> str:
+    """'a="1",b="2"', the label pairs as prometheus_client writes them, in order."""
     pairs = _PAIRS
     out = []
-    for pair in sample.labels.items():
+    for pair in labels.items():
         text = pairs.get(pair)
         if text is None:
             if len(pairs) >= _PAIRS_MAX:
                 pairs.clear()
             text = pairs[pair] = f'{pair[0]}="{_escape(pair[1])}"'
         out.append(text)
-    return f"{sample.name}{{{','.join(out)}}} "
+    return ",".join(out)
 
 
 class _Sink:
-    __slots__ = ("samples",)
+    """One family's lines of one block, written as the builders put samples."""
+
+    __slots__ = ("exact", "index", "last", "lines", "name")
+
+    def __init__(self, name: str, last: list[object]) -> None:
+        self.name = name
+        self.index = _INDEX[name]
+        self.lines: list[str] = []
+        self.exact = name == EXPIRY  # absolute days, in full, to be shifted at each build
+        # [base, its pairs' text], shared by the sinks of one block: the builders pass the same
+        # base to each sample of an endpoint, and holding it keeps its id from being reused.
+        self.last = last
+
+    def put(self, base: Labels, extra: Labels, value: float) -> None:
+        last = self.last
+        if last[0] is not base:
+            last[0] = base
+            last[1] = _pairs(base)
+        labels: str = last[1]  # type: ignore[assignment]
+        if extra:
+            labels = f"{labels},{_pairs(extra)}" if labels else _pairs(extra)
+        value = float(value)
+        text = repr(value) if self.exact else _value(value)
+        self.lines.append(
+            f"{self.name}{{{labels}}} {text}\n" if labels else f"{self.name} {text}\n"
+        )
+
+
+_position = operator.attrgetter("index")
+
+
+class _Sinks(dict[str, _Sink]):
+    """The families of one block, each made when the builders first put a sample in it."""
 
     def __init__(self) -> None:
-        self.samples: list[Sample] = []
+        super().__init__()
+        self.last: list[object] = [None, ""]
+
+    def __missing__(self, name: str) -> _Sink:
+        if name not in _INDEX:
+            raise KeyError(name)  # not a family of the cached exposition
+        sink = self[name] = _Sink(name, self.last)
+        return sink
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,26 +196,22 @@ class Block:
     ends: array[int]  # ends[i]: where family i's lines end in the inflated data
 
 
-def render(fill: Callable[[Mapping[str, _Sink]], None], identity: tuple[object, ...]) -> Block:
-    """Render what `fill` adds to empty families. The clock is 0, so the lines of the expiry
+def render(fill: Callable[[Families], None], identity: tuple[object, ...]) -> Block:
+    """Render what `fill` puts into empty families. The clock is 0, so the lines of the expiry
     family carry absolute days (notAfter / 86400), in full, to be shifted at each build."""
-    sinks = {name: _Sink() for name in FAMILIES}
+    sinks = _Sinks()
     fill(sinks)
     texts: list[bytes] = []
-    ends = array("I")
-    size = 0
-    for name, sink in sinks.items():
-        samples = sink.samples
-        if samples:
-            if name == EXPIRY:
-                text = "".join([f"{_head(s)}{s.value!r}\n" for s in samples])
-            else:
-                text = "".join([f"{_head(s)}{_value(s.value)}\n" for s in samples])
-            raw = text.encode()
-            texts.append(raw)
-            size += len(raw)
-        ends.append(size)
-    return Block(identity, zlib.compress(b"".join(texts), LEVEL), ends)
+    ends = [0] * len(FAMILIES)
+    size = done = 0
+    for sink in sorted(sinks.values(), key=_position):
+        ends[done : sink.index] = [size] * (sink.index - done)
+        raw = "".join(sink.lines).encode()
+        texts.append(raw)
+        size += len(raw)
+        done = sink.index
+    ends[done:] = [size] * (len(FAMILIES) - done)
+    return Block(identity, zlib.compress(b"".join(texts), LEVEL), array("I", ends))
 
 
 def _groups(blocks: list[Block]) -> Iterator[range]:

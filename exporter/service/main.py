@@ -40,6 +40,7 @@ from exporter.service.exposition import Answer, CachedExposition, ExporterFamili
 from exporter.service.gc_tuning import tune as tune_gc
 from exporter.service.http import HttpServer, ProbeAnswer, ProbeRefused
 from exporter.service.logs import FORMATS, LEVELS, setup_logging
+from exporter.service.malloc_tuning import tune as tune_malloc
 from exporter.service.manners import Manners
 from exporter.service.on_demand import choose_target, on_demand_registry
 from exporter.service.resolvers import domain_dns, endpoint_resolver
@@ -183,6 +184,7 @@ def serve_command(argv: list[str]) -> int:
     except ImportError:
         parser.error("--event-loop=uvloop: uvloop is not installed (pip install uvloop)")
     setup_logging(args.log_level, args.log_format)
+    tune_malloc()  # before the config and the probes allocate (malloc_tuning.py)
     try:
         config = load_config(args.config_file)
     except ConfigError as exc:

@@ -375,6 +375,7 @@ class _Run:
         )
 
 
+@functools.lru_cache(maxsize=16384)  # the config's server names: asked at every probe
 def _sni(name: str) -> str | None:
     try:
         ipaddress.ip_address(name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,11 +26,17 @@ class ResolveError(Exception):
 
 def literal(host: str) -> Addresses | None:
     """An IP literal needs no lookup."""
+    found = _literal(host)
+    return None if found is None else [found]
+
+
+@functools.lru_cache(maxsize=16384)  # hosts and addresses of the config: asked at every probe
+def _literal(host: str) -> tuple[socket.AddressFamily, str] | None:
     try:
         ip = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return None
-    return [(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, str(ip))]
+    return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET, str(ip))
 
 
 async def system_resolve(host: str, port: int) -> Addresses:

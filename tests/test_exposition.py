@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import gzip
 import math
 import re
@@ -323,7 +324,7 @@ def test_a_build_holds_at_most_its_buffer_of_lines_besides_the_streamed_family(
     sizes = [0] * len(exposition.FAMILIES)
     for block in blocks:
         prev = 0
-        for f, end in enumerate(block.ends):
+        for f, end in enumerate(block.family_ends()):
             sizes[f] += end - prev
             prev = end
     monkeypatch.setattr(exposition, "BUFFER", max(sizes) - 1)
@@ -331,3 +332,14 @@ def test_a_build_holds_at_most_its_buffer_of_lines_besides_the_streamed_family(
     assert [f for g in groups for f in g] == list(range(len(sizes)))
     for g in groups:
         assert sum(sizes[f] for f in g[1:]) <= max(sizes) - 1, g
+
+
+def test_a_rendered_target_is_one_object_for_the_garbage_collector() -> None:
+    """A full collection walks every block: besides the target and its result (counted once
+    anyway), a block must hold nothing more the collector tracks (no identity tuple, no array)."""
+    state = make_state(starttls_ok())
+    exp = cached(state)
+    body(exp)
+    (block,) = exp._targets.values()
+    tracked = [o for o in gc.get_referents(block) if gc.is_tracked(o) and o is not type(block)]
+    assert {id(o) for o in tracked} == {id(RELAY), id(state.snapshot().results[RELAY.name])}

@@ -189,14 +189,30 @@ class _Sinks(dict[str, _Sink]):
 
 @dataclass(frozen=True, slots=True)
 class Block:
-    """The rendered series of one target (or one domain and its MX probes), compressed."""
+    """The rendered series of one target (or one domain and its MX probes), compressed, and
+    what they were rendered from. Flat, with no tuple or array of its own, so that a target's
+    block is one object for the garbage collector to walk, not three."""
 
-    identity: tuple[object, ...]  # what they were rendered from; compared by identity
+    head: object  # the target (or domain) as configured: an equal one is the same
+    source: object  # its result (or check result), replaced, never changed: compared by identity
+    more: tuple[object, ...]  # the rest rendered from (check results), compared by identity
     data: bytes  # zlib of the lines of every family, in FAMILIES order (about 5x smaller)
-    ends: array[int]  # ends[i]: where family i's lines end in the inflated data
+    ends: bytes  # array("I"), as bytes: where family i's lines end in the inflated data
+
+    def family_ends(self) -> memoryview:
+        return memoryview(self.ends).cast("I")
+
+    def same(self, head: object, source: object, more: tuple[object, ...]) -> bool:
+        if not (self.head is head or self.head == head) or self.source is not source:
+            return False
+        return len(self.more) == len(more) and all(
+            x is y for x, y in zip(self.more, more, strict=True)
+        )
 
 
-def render(fill: Callable[[Families], None], identity: tuple[object, ...]) -> Block:
+def render(
+    fill: Callable[[Families], None], head: object, source: object, more: tuple[object, ...]
+) -> Block:
     """Render what `fill` puts into empty families. The clock is 0, so the lines of the expiry
     family carry absolute days (notAfter / 86400), in full, to be shifted at each build."""
     sinks = _Sinks()
@@ -211,7 +227,8 @@ def render(fill: Callable[[Families], None], identity: tuple[object, ...]) -> Bl
         size += len(raw)
         done = sink.index
     ends[done:] = [size] * (len(FAMILIES) - done)
-    return Block(identity, zlib.compress(b"".join(texts), LEVEL), array("I", ends))
+    data = zlib.compress(b"".join(texts), LEVEL)
+    return Block(head, source, more, data, array("I", ends).tobytes())
 
 
 def _groups(blocks: list[Block]) -> Iterator[range]:
@@ -222,7 +239,7 @@ def _groups(blocks: list[Block]) -> Iterator[range]:
     sizes = [0] * count
     for block in blocks[:SAMPLE]:
         prev = 0
-        for f, end in enumerate(block.ends):
+        for f, end in enumerate(block.family_ends()):
             sizes[f] += end - prev
             prev = end
     scale = len(blocks) / max(1, min(len(blocks), SAMPLE))
@@ -249,7 +266,7 @@ def _columns(blocks: list[Block], shift: float) -> Iterator[tuple[int, bytes | b
         columns = [bytearray() for _ in rest]
         streamed = bytearray()  # the head family's lines, sent on a PIECE at a time
         for block in blocks:
-            ends = block.ends
+            ends = block.family_ends()
             prev = ends[head - 1] if head else 0
             if ends[group[-1]] == prev:
                 continue
@@ -283,14 +300,6 @@ def _shifted(lines: bytes | bytearray | memoryview, shift: float) -> bytes:
         head, _, days = line.rpartition(b" ")
         out.append(f"{head.decode()} {_value(float(days) - shift)}\n")
     return "".join(out).encode()
-
-
-def _same(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
-    # Results and check maps are replaced, never changed: identity says they are the same. A
-    # target equal to the one rendered (a reload that kept it) is the same too.
-    if len(a) != len(b) or not (a[0] is b[0] or a[0] == b[0]):
-        return False
-    return all(x is y for x, y in zip(a[1:], b[1:], strict=True))
 
 
 @dataclass(frozen=True)
@@ -360,10 +369,12 @@ class CachedExposition:
     def _target_block(
         self, target: Target, result: ProbeResult | None, checks: CheckResults | None
     ) -> Block:
-        identity = (target, result, checks)
+        more = () if checks is None else (checks,)
         block = self._targets.get(target.name)
-        if block is None or not _same(block.identity, identity):
-            block = render(lambda f: add_target_samples(f, target, result, checks, 0.0), identity)
+        if block is None or not block.same(target, result, more):
+            block = render(
+                lambda f: add_target_samples(f, target, result, checks, 0.0), target, result, more
+            )
             self._targets[target.name] = block
             self.renders += 1
         return block
@@ -372,11 +383,14 @@ class CachedExposition:
         self, domain: DomainConfig, checked: DomainResult | None, snap: Snapshot
     ) -> Block:
         probes = () if checked is None else (m.probe for m in checked.mx_checks if m.probe)
-        identity = (domain, checked, *(snap.checks.get(p.target) for p in probes))
+        more = tuple(snap.checks.get(p.target) for p in probes)
         block = self._domains.get(domain.name)
-        if block is None or not _same(block.identity, identity):
+        if block is None or not block.same(domain, checked, more):
             block = render(
-                lambda f: add_domain_block(f, f, domain, checked, snap.checks, 0.0), identity
+                lambda f: add_domain_block(f, f, domain, checked, snap.checks, 0.0),
+                domain,
+                checked,
+                more,
             )
             self._domains[domain.name] = block
             self.renders += 1

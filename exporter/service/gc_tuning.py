@@ -8,13 +8,14 @@ whenever the objects promoted since the last one reach a quarter of the long-liv
 10,000 targets, whose results are replaced every interval, that was every few seconds, each
 stopping the exporter for 0.2 to 0.9 s (docs/performance.md).
 
-`tune()`, at start-up once the config is loaded and before the first probe:
+`tune()`, at start-up once the service has started and before the first probe:
 
-- `gc.freeze()`: every object alive then (the modules, the config) moves to the permanent
-  generation, which no collection walks again. Reference counting still frees them when they go
-  (a config replaced by a reload); only garbage cycles among them would stay, and at start-up
-  nothing is under way that could leave some. Not repeated after a reload: probes in flight
-  then would be frozen too, and the cycles some leave behind when they end never freed.
+- `gc.freeze()`: every object alive then (the modules, the config, the scheduler's entry for
+  each target) moves to the permanent generation, which no collection walks again. Reference
+  counting still frees them when they go (a config replaced by a reload); only garbage cycles
+  among them would stay, and at start-up nothing is under way that could leave some. Not
+  repeated after a reload: probes in flight then would be frozen too, and the cycles some leave
+  behind when they end never freed.
 - thresholds THRESHOLDS instead of (700, 10, 10): a full collection waits for 100 collections
   of the middle generation instead of 10 (and still for the quarter above): at 10,000 targets
   about every 90 s instead of every few seconds. The young generations keep their defaults: a

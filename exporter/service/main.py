@@ -198,7 +198,6 @@ def serve_command(argv: list[str]) -> int:
             _print_problems(args.web_config_file, exc, what="web config")
             return 1
     log.info("event loop", extra={"event_loop": loop_name})
-    tune_gc()  # start-up is done: freeze what it built (gc_tuning.py)
     with asyncio.Runner(loop_factory=new_loop) as runner:
         return runner.run(_serve(config, args.config_file, host, port, web, shard))
 
@@ -274,6 +273,9 @@ async def _serve(
         loop.add_signal_handler(sig, on_stop, sig.name)
     try:
         async with running(service, server):
+            # Start-up is done and no probe has run yet (the scheduler's timer waits for the
+            # loop): freeze what start-up built, the config and a schedule entry per target.
+            tune_gc()
             # Tests started on port 0 read the port from this line.
             log.info("listening on %s", join_host_port(*server.address))
             if web is not None:

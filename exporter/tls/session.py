@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 
+from cryptography.hazmat.bindings.openssl.binding import Binding
 from OpenSSL import SSL, crypto
 
 from exporter.model import TlsFacts
@@ -24,6 +25,14 @@ _VERSIONS = {
     "SSLv3": "SSL 3.0",
 }
 _OUT_CHUNK = 64 * 1024  # bytes per read of what TLS has for the socket
+
+# The key-exchange groups offered, in order: OpenSSL 3.0's default list, as s_time, Go's crypto/tls
+# before 1.24 (blackbox_exporter 0.23) and most MTAs offer today, with a key share for X25519
+# only. OpenSSL 3.5 and later would first offer the hybrid X25519MLKEM768 and send its key share
+# as well: ML-KEM work for the prober and for every monitored server that takes it, at each
+# probe (about 5% of a STARTTLS probe's CPU here), for a group no metric reports. Listed but
+# without a key share it would be worse: a server preferring it asks again (HelloRetryRequest).
+GROUPS = b"X25519:P-256:X448:P-384:P-521:ffdhe2048:ffdhe3072"
 
 
 class TlsFailure(Exception):
@@ -41,6 +50,9 @@ def _new_context(minimum: int, maximum: int | None = None) -> SSL.Context:
     # legacy server shows as "TLS 1.0" rather than as a failed handshake. Nothing secret is sent
     # over these connections. A modern server still picks TLS 1.3 or 1.2 from the same offer.
     ctx.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
+    # pyOpenSSL has no call for the groups; cryptography's binding has OpenSSL's.
+    if Binding.lib.SSL_CTX_set1_curves_list(ctx._context, GROUPS) != 1:
+        raise RuntimeError(f"OpenSSL refused the groups {GROUPS.decode()}")
     return ctx
 
 

@@ -380,6 +380,9 @@ class ScaleRow:
     full_load_cpu_ms: float
     full_load_seconds: float
     stall_max_ms: float  # longest pause in new connections while scraped at full load
+    # The same over the first half of the round, which nobody scrapes: what a scrape adds to
+    # the pauses that happen anyway (full garbage collections).
+    gap_unscraped_ms: float
     steady_cores: float
     steady_cpu_ms: float
     on_time_pct: float
@@ -455,6 +458,8 @@ def analyse_scale(watch: Watch, eps: list[Endpoint], interval: float) -> ScaleRo
     times = sorted(t for _, t in watch.accepts if t_half <= t <= t_round)
     gaps = [b - a for a, b in itertools.pairwise(times)]
     stall = max(gaps) if gaps else 0.0
+    before = sorted(t for _, t in watch.accepts if t_first <= t <= t_half)
+    gap_unscraped = max((b - a for a, b in itertools.pairwise(before)), default=0.0)
 
     # The scheduler's grid: slot_k = epoch + (phase(name) + k) * interval. The epoch is estimated
     # as the one that makes the earliest probe after round one exactly on time.
@@ -498,6 +503,7 @@ def analyse_scale(watch: Watch, eps: list[Endpoint], interval: float) -> ScaleRo
         full_load_cpu_ms=1000 * fl_cpu,
         full_load_seconds=t_round - t_first,
         stall_max_ms=1000 * stall,
+        gap_unscraped_ms=1000 * gap_unscraped,
         steady_cores=steady_cpu / (b - a),
         steady_cpu_ms=1000 * steady_cpu / steady_probes if steady_probes else float("nan"),
         on_time_pct=100 * on_time / len(lags) if lags else float("nan"),
@@ -563,19 +569,21 @@ def render(meta: dict[str, Any], cpu: list[CpuRow], scale: list[ScaleRow]) -> st
         f"{CONCURRENCY}, on time = started within {ON_TIME_TOLERANCE:g} s of its slot",
     ]
     head = (
-        f"{'targets':>7} {'interval':>8} {'full-load':>10} {'ms/probe':>8} {'stall':>7} "
+        f"{'targets':>7} {'interval':>8} {'full-load':>10} {'ms/probe':>8} {'stall':>9} "
         f"{'steady':>7} {'ms/probe':>8} {'on-time':>8} {'lag p99':>8} {'RSS':>6} "
         f"{'gzip p50/p99':>13} {'plain':>6} {'full-load':>9} {'body plain/gzip':>16} {'fail':>5}"
     )
     unit = (
-        f"{'':>7} {'s':>8} {'probes/s':>10} {'(full)':>8} {'ms':>7} {'cores':>7} {'(steady)':>8} "
+        f"{'':>7} {'s':>8} {'probes/s':>10} {'(full)':>8} {'ms s/u':>9} {'cores':>7} "
+        f"{'(steady)':>8} "
         f"{'%':>8} {'s':>8} {'MB':>6} {'ms':>13} {'p99':>6} {'p99 ms':>9} {'KB':>16} {'':>5}"
     )
     out += [head, unit, "-" * len(head)]
     for s in scale:
         out.append(
             f"{s.targets:>7} {s.interval:>8g} {_f(s.full_load_probes_per_s, '.0f'):>10} "
-            f"{_f(s.full_load_cpu_ms, '.2f'):>8} {_f(s.stall_max_ms, '.0f'):>7} "
+            f"{_f(s.full_load_cpu_ms, '.2f'):>8} "
+            f"{_f(s.stall_max_ms, '.0f') + '/' + _f(s.gap_unscraped_ms, '.0f'):>9} "
             f"{s.steady_cores:>7.3f} {_f(s.steady_cpu_ms, '.2f'):>8} "
             f"{_f(s.on_time_pct, '.2f'):>8} {_f(s.lag_p99_s, '.3f'):>8} {s.rss_mb:>6.0f} "
             f"{_f(s.metrics_p50_ms, '.0f') + '/' + _f(s.metrics_p99_ms, '.0f'):>13} "

@@ -25,7 +25,7 @@ build older than MAX_AGE is redone by the scrape, whatever it costs.
 
 from __future__ import annotations
 
-import operator
+import itertools
 import struct
 import threading
 import time
@@ -74,7 +74,6 @@ def _families() -> dict[str, Family]:
 
 
 FAMILIES: tuple[str, ...] = tuple(_families())
-_INDEX = {name: i for i, name in enumerate(FAMILIES)}
 _EXPIRY_INDEX = FAMILIES.index(EXPIRY)
 
 
@@ -142,13 +141,12 @@ def _pairs(labels: Labels) -> str:
 
 
 class _Sink:
-    """One family's lines of one block, written as the builders put samples."""
+    """One family's lines of the block being rendered, written as the builders put samples."""
 
-    __slots__ = ("exact", "index", "last", "lines", "name")
+    __slots__ = ("exact", "last", "lines", "name")
 
     def __init__(self, name: str, last: list[object]) -> None:
         self.name = name
-        self.index = _INDEX[name]
         self.lines: list[str] = []
         self.exact = name == EXPIRY  # absolute days, in full, to be shifted at each build
         # [base, its pairs' text], shared by the sinks of one block: the builders pass the same
@@ -164,27 +162,34 @@ class _Sink:
         if extra:
             labels = f"{labels},{_pairs(extra)}" if labels else _pairs(extra)
         value = float(value)
-        text = repr(value) if self.exact else _value(value)
+        text = repr(value) if self.exact else (_COMMON.get(value) or _value(value))
         self.lines.append(
             f"{self.name}{{{labels}}} {text}\n" if labels else f"{self.name} {text}\n"
         )
 
 
-_position = operator.attrgetter("index")
-
-
 class _Sinks(dict[str, _Sink]):
-    """The families of one block, each made when the builders first put a sample in it."""
+    """A sink for every family, made once per thread that renders and emptied by each render."""
 
     def __init__(self) -> None:
-        super().__init__()
         self.last: list[object] = [None, ""]
+        self.ordered = tuple(_Sink(name, self.last) for name in FAMILIES)
+        super().__init__((sink.name, sink) for sink in self.ordered)
 
-    def __missing__(self, name: str) -> _Sink:
-        if name not in _INDEX:
-            raise KeyError(name)  # not a family of the cached exposition
-        sink = self[name] = _Sink(name, self.last)
-        return sink
+    def reset(self) -> None:
+        self.last[:] = [None, ""]
+        for sink in self.ordered:
+            sink.lines.clear()
+
+
+_local = threading.local()
+
+
+def _sinks() -> _Sinks:
+    sinks: _Sinks | None = getattr(_local, "sinks", None)
+    if sinks is None:
+        sinks = _local.sinks = _Sinks()
+    return sinks
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,20 +220,26 @@ def render(
 ) -> Block:
     """Render what `fill` puts into empty families. The clock is 0, so the lines of the expiry
     family carry absolute days (notAfter / 86400), in full, to be shifted at each build."""
-    sinks = _Sinks()
-    fill(sinks)
+    sinks = _sinks()
+    try:
+        fill(sinks)
+    except BaseException:
+        sinks.reset()
+        raise
     texts: list[bytes] = []
-    ends = [0] * len(FAMILIES)
-    size = done = 0
-    for sink in sorted(sinks.values(), key=_position):
-        ends[done : sink.index] = [size] * (sink.index - done)
-        raw = "".join(sink.lines).encode()
-        texts.append(raw)
-        size += len(raw)
-        done = sink.index
-    ends[done:] = [size] * (len(FAMILIES) - done)
+    sizes: list[int] = []
+    for sink in sinks.ordered:
+        lines = sink.lines
+        if lines:
+            raw = "".join(lines).encode()
+            lines.clear()
+            texts.append(raw)
+            sizes.append(len(raw))
+        else:
+            sizes.append(0)
+    sinks.last[0] = None  # the base labels of this block, no longer needed
     data = zlib.compress(b"".join(texts), LEVEL)
-    return Block(head, source, more, data, array("I", ends).tobytes())
+    return Block(head, source, more, data, array("I", itertools.accumulate(sizes)).tobytes())
 
 
 def _groups(blocks: list[Block]) -> Iterator[range]:

@@ -343,3 +343,21 @@ def test_a_rendered_target_is_one_object_for_the_garbage_collector() -> None:
     (block,) = exp._targets.values()
     tracked = [o for o in gc.get_referents(block) if gc.is_tracked(o) and o is not type(block)]
     assert {id(o) for o in tracked} == {id(RELAY), id(state.snapshot().results[RELAY.name])}
+
+
+def test_a_render_that_fails_leaves_nothing_for_the_next() -> None:
+    """Renders reuse one set of sinks per thread: a builder that raises half-way must not leave
+    its lines to the next block."""
+    base = {"target": "x"}
+
+    def broken(families: exposition.Families) -> None:
+        families["smtp_tls_probe_success"].put(base, {}, 1.0)
+        raise RuntimeError("builder bug")
+
+    def one(families: exposition.Families) -> None:
+        families["smtp_tls_probe_interval_seconds"].put(base, {}, 60.0)
+
+    with pytest.raises(RuntimeError):
+        exposition.render(broken, None, None, ())
+    block = exposition.render(one, None, None, ())
+    assert zlib.decompress(block.data) == b'smtp_tls_probe_interval_seconds{target="x"} 60.0\n'

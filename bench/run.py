@@ -19,6 +19,7 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -529,6 +530,37 @@ def analyse_scale(watch: Watch, eps: list[Endpoint], interval: float) -> ScaleRo
     )
 
 
+def merge_rounds(rounds: list[list[CpuRow]]) -> list[CpuRow]:
+    """One row per client, peer and mode: the median of its rounds' CPU per probe (the machine is
+    shared: single rounds move by 10 to 30%), probes and failures summed, the range noted."""
+    if len(rounds) == 1:
+        return rounds[0]
+    merged = []
+    for first in rounds[0]:
+        same = [
+            r
+            for rows in rounds
+            for r in rows
+            if (r.client, r.peer, r.mode) == (first.client, first.peer, first.mode)
+        ]
+        values = sorted(r.cpu_ms for r in same)
+        notes = "; ".join(sorted({r.note for r in same if r.note}))
+        spread = f"{len(values)} rounds {values[0]:.3f}-{values[-1]:.3f}"
+        merged.append(
+            CpuRow(
+                first.client,
+                first.peer,
+                first.mode,
+                first.rate,
+                sum(r.probes for r in same),
+                sum(r.failed for r in same),
+                statistics.median(values),
+                f"{spread}; {notes}" if notes else spread,
+            )
+        )
+    return merged
+
+
 # -- the table ---------------------------------------------------------------------------------
 
 
@@ -641,120 +673,130 @@ async def _bench(
     with _maybe_postfix(not args.no_postfix) as pf:
         if pf is not None:
             meta["postfix"] = pf.version
-        if "native" in parts:
-            _say("native floor: openssl s_time, python blocking loop")
-            cpu.append(s_time(implicit[0], pki.ca_file, plan.native_seconds, "scripted"))
-            cpu.append(pyloop(starttls[0], pki.ca_file, plan.native_seconds, "scripted"))
-            if pf is not None:
-                cpu.append(s_time(pf.implicit, pf.ca_file, plan.native_seconds, "postfix"))
-
-        bb_path = None if args.no_blackbox or "blackbox" not in parts else blackbox.binary()
-        if bb_path is None:
-            if "blackbox" in parts and not args.no_blackbox:
-                _say(
-                    "blackbox_exporter: not installed "
-                    "(apt-get install prometheus-blackbox-exporter)"
-                )
-        else:
-            version = blackbox.version(bb_path)
-            meta["blackbox"] = version
-            modules = {
-                "smtp_starttls": ("starttls", pki.ca_file, SERVER_NAME),
-                "smtp_tls": ("implicit_tls", pki.ca_file, SERVER_NAME),
-            }
-            if pf is not None:
-                modules["postfix_starttls"] = ("starttls", pf.ca_file, SERVER_NAME)
-            config = workdir / "blackbox.yml"
-            blackbox.write_config(config, modules)
-            port = _free_port()
-            async with blackbox.running(bb_path, config, port, workdir / "blackbox.log") as bb:
-                _say(f"blackbox_exporter {version}: STARTTLS, implicit TLS at {rate:g}/s")
-                cpu.append(
-                    await blackbox_rate(
-                        bb,
-                        "smtp_starttls",
-                        starttls,
-                        rate,
-                        measure_s,
-                        "scripted",
-                        "starttls",
-                        version,
-                    )
-                )
-                cpu.append(
-                    await blackbox_rate(
-                        bb,
-                        "smtp_tls",
-                        implicit,
-                        rate,
-                        measure_s,
-                        "scripted",
-                        "implicit_tls",
-                        version,
-                    )
-                )
+        rounds: list[list[CpuRow]] = []
+        for round_no in range(args.repeat):
+            if args.repeat > 1:
+                _say(f"CPU parts, round {round_no + 1} of {args.repeat}")
+            cpu = []
+            if "native" in parts:
+                _say("native floor: openssl s_time, python blocking loop")
+                cpu.append(s_time(implicit[0], pki.ca_file, plan.native_seconds, "scripted"))
+                cpu.append(pyloop(starttls[0], pki.ca_file, plan.native_seconds, "scripted"))
                 if pf is not None:
-                    pf_rate = plan.postfix_targets / plan.rate_interval
-                    _say(f"blackbox_exporter {version}: Postfix STARTTLS at {pf_rate:g}/s")
+                    cpu.append(s_time(pf.implicit, pf.ca_file, plan.native_seconds, "postfix"))
+
+            bb_path = None if args.no_blackbox or "blackbox" not in parts else blackbox.binary()
+            if bb_path is None:
+                if "blackbox" in parts and not args.no_blackbox:
+                    _say(
+                        "blackbox_exporter: not installed "
+                        "(apt-get install prometheus-blackbox-exporter)"
+                    )
+            else:
+                version = blackbox.version(bb_path)
+                meta["blackbox"] = version
+                modules = {
+                    "smtp_starttls": ("starttls", pki.ca_file, SERVER_NAME),
+                    "smtp_tls": ("implicit_tls", pki.ca_file, SERVER_NAME),
+                }
+                if pf is not None:
+                    modules["postfix_starttls"] = ("starttls", pf.ca_file, SERVER_NAME)
+                config = workdir / "blackbox.yml"
+                blackbox.write_config(config, modules)
+                port = _free_port()
+                async with blackbox.running(bb_path, config, port, workdir / "blackbox.log") as bb:
+                    _say(f"blackbox_exporter {version}: STARTTLS, implicit TLS at {rate:g}/s")
                     cpu.append(
                         await blackbox_rate(
                             bb,
-                            "postfix_starttls",
-                            [pf.starttls],
-                            pf_rate,
+                            "smtp_starttls",
+                            starttls,
+                            rate,
                             measure_s,
-                            "postfix",
+                            "scripted",
                             "starttls",
                             version,
                         )
                     )
+                    cpu.append(
+                        await blackbox_rate(
+                            bb,
+                            "smtp_tls",
+                            implicit,
+                            rate,
+                            measure_s,
+                            "scripted",
+                            "implicit_tls",
+                            version,
+                        )
+                    )
+                    if pf is not None:
+                        pf_rate = plan.postfix_targets / plan.rate_interval
+                        _say(f"blackbox_exporter {version}: Postfix STARTTLS at {pf_rate:g}/s")
+                        cpu.append(
+                            await blackbox_rate(
+                                bb,
+                                "postfix_starttls",
+                                [pf.starttls],
+                                pf_rate,
+                                measure_s,
+                                "postfix",
+                                "starttls",
+                                version,
+                            )
+                        )
 
-        rates = (("starttls", starttls), ("implicit_tls", implicit)) if "rate" in parts else ()
-        for mode, group in rates:
-            named = [(f"{ep.host}:{ep.port}", ep) for ep in group]
-            _say(f"smtp-tls-exporter: {len(named)} {mode} targets every {plan.rate_interval:g}s")
-            cpu.append(
-                await exporter_rate(
-                    workdir,
-                    mode,
-                    named,
-                    plan.rate_interval,
-                    pki.ca_file,
-                    server,
-                    "scripted",
-                    mode,
+            rates = (("starttls", starttls), ("implicit_tls", implicit)) if "rate" in parts else ()
+            for mode, group in rates:
+                named = [(f"{ep.host}:{ep.port}", ep) for ep in group]
+                _say(
+                    f"smtp-tls-exporter: {len(named)} {mode} targets every {plan.rate_interval:g}s"
                 )
-            )
-            if mode == "starttls" and _has_uvloop():
-                _say("smtp-tls-exporter under uvloop: the same")
                 cpu.append(
                     await exporter_rate(
                         workdir,
-                        "starttls-uvloop",
+                        mode,
                         named,
                         plan.rate_interval,
                         pki.ca_file,
                         server,
                         "scripted",
                         mode,
-                        uvloop=True,
                     )
                 )
-        if pf is not None and "rate" in parts:
-            named = [(f"postfix-{i:04d}", pf.starttls) for i in range(plan.postfix_targets)]
-            _say(f"smtp-tls-exporter: Postfix STARTTLS, {len(named)} targets")
-            cpu.append(
-                await exporter_rate(
-                    workdir,
-                    "postfix",
-                    named,
-                    plan.rate_interval,
-                    pf.ca_file,
-                    None,
-                    "postfix",
-                    "starttls",
+                if mode == "starttls" and _has_uvloop():
+                    _say("smtp-tls-exporter under uvloop: the same")
+                    cpu.append(
+                        await exporter_rate(
+                            workdir,
+                            "starttls-uvloop",
+                            named,
+                            plan.rate_interval,
+                            pki.ca_file,
+                            server,
+                            "scripted",
+                            mode,
+                            uvloop=True,
+                        )
+                    )
+            if pf is not None and "rate" in parts:
+                named = [(f"postfix-{i:04d}", pf.starttls) for i in range(plan.postfix_targets)]
+                _say(f"smtp-tls-exporter: Postfix STARTTLS, {len(named)} targets")
+                cpu.append(
+                    await exporter_rate(
+                        workdir,
+                        "postfix",
+                        named,
+                        plan.rate_interval,
+                        pf.ca_file,
+                        None,
+                        "postfix",
+                        "starttls",
+                    )
                 )
-            )
+
+            rounds.append(cpu)
+        cpu = merge_rounds(rounds)
 
         for n in plan.scale if "scale" in parts else ():
             _say(f"scale: {n} targets every {plan.scale_interval:g}s")
@@ -788,12 +830,22 @@ def main() -> int:
         help=f"comma-separated parts to run, of {','.join(PARTS)} (default: all)",
     )
     p.add_argument("--scale", help="comma-separated target counts for the scale part")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        help="rounds of the CPU parts (native, blackbox, rate), each row the median of its "
+        "rounds (default: 3, with --quick 1)",
+    )
     args = p.parse_args()
     if not set(args.parts.split(",")) <= set(PARTS):
         p.error(f"--parts: choose among {','.join(PARTS)}")
     if not 1 <= args.subnet <= 254:
         p.error("--subnet must be 1..254")
     plan = QUICK if args.quick else FULL
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 3
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
     if args.scale:
         counts = tuple(int(n) for n in args.scale.split(","))
         plan = replace(plan, scale=counts, endpoints=max(plan.endpoints, *counts))

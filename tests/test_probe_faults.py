@@ -57,6 +57,17 @@ async def test_well_behaved_server_succeeds(server_tls: ssl.SSLContext, ca_file:
     ]
 
 
+async def test_results_share_the_tls_facts_of_one_version_and_cipher(
+    server_tls: ssl.SSLContext, ca_file: str
+) -> None:
+    """Every kept result is walked by full garbage collections: two probes that negotiated the
+    same version and cipher share one TlsFacts rather than each keeping its own."""
+    first = await run(lambda r, w: smtp_session(r, w, server_tls), ca_file=ca_file)
+    second = await run(lambda r, w: smtp_session(r, w, server_tls), ca_file=ca_file)
+    assert first.tls is not None and first.tls == second.tls
+    assert first.tls is second.tls
+
+
 async def test_connection_refused() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -94,6 +94,13 @@ def pinned_context(version: str) -> SSL.Context:
     return ctx  # a ClientHello was written: the version can be offered
 
 
+@functools.lru_cache(maxsize=1024)
+def _facts(version: str, cipher: str, bits: int | None) -> TlsFacts:
+    # A handful of combinations among all servers: every kept result shares one object rather
+    # than each adding one for the garbage collector to walk.
+    return TlsFacts(version=version, cipher=cipher, cipher_bits=bits)
+
+
 class ClientTls:
     """The client side of one TLS connection over memory buffers: the caller moves the bytes
     (`receive` what the socket gave, send what `outgoing` returns)."""
@@ -160,10 +167,10 @@ class ClientTls:
 
     def facts(self) -> TlsFacts:
         version = self._conn.get_protocol_version_name()
-        return TlsFacts(
-            version=_VERSIONS.get(version, version),
-            cipher=self._conn.get_cipher_name() or "",
-            cipher_bits=self._conn.get_cipher_bits(),
+        return _facts(
+            _VERSIONS.get(version, version),
+            self._conn.get_cipher_name() or "",
+            self._conn.get_cipher_bits(),
         )
 
     def cipher_name(self) -> str:

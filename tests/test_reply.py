@@ -117,3 +117,43 @@ def test_ehlo(data: bytes, starttls: bool, auth: tuple[str, ...]) -> None:
     assert ehlo.domain == "mx.test"
     assert ehlo.starttls is starttls
     assert ehlo.auth_mechanisms == auth
+
+
+_SHAPES = [data for data, *_ in COMPLETE] + [
+    b"250-mx.test\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-STARTTLS\r\n250 8BITMIME\r\n",
+    b"220 caf\xc3\xa9 \xff ESMTP\r\n",  # UTF-8 and an invalid byte
+    b"220-a\r\n220 b\r\nleft over",
+    b"250-a\r\n550 b\r\n",
+    b"220 a\rb\r\n",  # a CR inside the text
+    b"220-" + b"x" * MAX_LINE + b"\r\n220 end\r\n",
+    b"250-x\r\n" * MAX_LINES + b"250 end\r\n",
+    b"250-x\r\n" * (MAX_LINES - 1) + b"250 end\r\n",
+    b"220 " + b"x" * (MAX_LINE - 5) + b"\r\n",
+    b"220-first\r\n",
+    b"099 low\r\n",
+]
+
+
+@pytest.mark.parametrize("data", _SHAPES)
+def test_the_plain_path_reads_what_the_careful_one_reads(data: bytes) -> None:
+    """take_reply reads a reply of the usual shape with one regular expression and anything else
+    line by line: where the first answers, the second must answer the same."""
+    from exporter.smtp.reply import _take_careful, _take_plain
+
+    plain = _take_plain(data)
+    try:
+        careful = _take_careful(data)
+    except ReplyError:
+        assert plain is None
+        return
+    assert plain is None or plain == careful
+
+
+@pytest.mark.parametrize(("data", "code", "lines", "enhanced"), COMPLETE)
+def test_usual_replies_take_the_plain_path(
+    data: bytes, code: int, lines: tuple[str, ...], enhanced: str | None
+) -> None:
+    from exporter.smtp.reply import _take_plain
+
+    if lines != ("",):  # a bare code ("220") is left to the careful path
+        assert _take_plain(data) == (Reply(code, lines, enhanced), len(data))
